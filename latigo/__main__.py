@@ -1,0 +1,3 @@
+from latigo.cli import main
+
+main()

@@ -1,0 +1,220 @@
+"""The ``latigo`` command: the service's processes and the operators' tools."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
+from typing import Any
+
+import click
+
+from latigo.config import CONFIG_PATH_VARIABLE, Config, ConfigError, dump_config, load_config, parse_duration
+
+
+class _Duration(click.ParamType):
+    name = "duration"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> timedelta:
+        parsed = parse_duration(value)
+        if not isinstance(parsed, timedelta):
+            self.fail(f"{value!r} is not a duration such as 30m, 6h or 7d", param, ctx)
+        return parsed
+
+
+DURATION = _Duration()
+
+
+def _config(ctx: click.Context) -> Config:
+    """Load (once) and validate the configuration; a bad one ends the command with exit 2."""
+    if "config" not in ctx.obj:
+        try:
+            ctx.obj["config"] = load_config(ctx.obj["path"])
+        except ConfigError as error:
+            click.echo(f"latigo: {error}", err=True)
+            ctx.exit(2)
+        from latigo import logs
+
+        logs.configure(ctx.obj["config"].logging)
+    return ctx.obj["config"]
+
+
+def _components(ctx: click.Context):
+    from latigo.components import build
+
+    return build(_config(ctx))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "path",
+    type=click.Path(dir_okay=False),
+    help=f"YAML configuration file [default: ${CONFIG_PATH_VARIABLE} or local_config.yaml]",
+)
+@click.pass_context
+def main(ctx: click.Context, path: str | None) -> None:
+    """Latigo keeps Gordo's models predicting: every model, every window, once."""
+    ctx.ensure_object(dict)
+    ctx.obj["path"] = path
+    if path:  # child processes of `latigo run` read the same file
+        os.environ[CONFIG_PATH_VARIABLE] = path
+
+
+@main.command()
+@click.option("--executors", type=click.IntRange(min=1), help="executor processes [default: run.executors]")
+@click.pass_context
+def run(ctx: click.Context, executors: int | None) -> None:
+    """The whole service on this machine: a scheduler and executors."""
+    from latigo.service import run_service
+
+    config = _config(ctx)
+    _components(ctx).close()  # migrate once, before the children start
+    sys.exit(run_service(executors or config.run.executors))
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="plan and publish once, then exit")
+@click.pass_context
+def scheduler(ctx: click.Context, once: bool) -> None:
+    """Plan due windows and publish them as tasks, every tick."""
+    from latigo.service import run_scheduler
+
+    parts = _components(ctx)
+    try:
+        run_scheduler(parts, once=once)
+    finally:
+        parts.close()
+
+
+@main.command()
+@click.option("--max-tasks", type=click.IntRange(min=1), help="exit after this many tasks")
+@click.option("--until-idle", is_flag=True, help="exit when the queue is empty")
+@click.pass_context
+def executor(ctx: click.Context, max_tasks: int | None, until_idle: bool) -> None:
+    """Consume tasks: fetch sensor data, predict with Gordo, store, acknowledge."""
+    from latigo.service import run_executor
+
+    parts = _components(ctx)
+    try:
+        handled = run_executor(parts, max_tasks=max_tasks, until_idle=until_idle)
+    finally:
+        parts.close()
+    click.echo(f"handled {handled} tasks", err=True)
+
+
+@main.group()
+def db() -> None:
+    """The Latigo database."""
+
+
+@db.command()
+@click.pass_context
+def upgrade(ctx: click.Context) -> None:
+    """Apply every pending migration (also done at every start)."""
+    from latigo import db as database
+
+    engine = database.create_engine(_config(ctx).database.url)
+    database.upgrade(engine)
+    click.echo(f"database at the newest revision: {engine.url.render_as_string(hide_password=True)}")
+
+
+@main.command()
+@click.pass_context
+def models(ctx: click.Context) -> None:
+    """Every configured project's latest revision, its models, and models that failed to build."""
+    from latigo.errors import LatigoError
+    from latigo.providers.models.gordo import GordoModels
+
+    config = _config(ctx)
+    gordo = GordoModels(config.models)
+    failed = False
+    for project in config.models.projects:
+        try:
+            revision = gordo.latest_revision(project)
+            built = gordo.models(project, revision)
+            missing = sorted(set(gordo.expected_models(project)) - set(built))
+        except LatigoError as error:
+            click.echo(f"{project}: {error}", err=True)
+            failed = True
+            continue
+        click.echo(f"{project} @ {revision}: {len(built)} models")
+        for name in built:
+            click.echo(f"  {name}")
+        for name in missing:
+            click.echo(f"  {name}  (expected, not built)")
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """Windows per state, freshness and dead letters, per model."""
+    from latigo import status as report
+
+    parts = _components(ctx)
+    statuses = report.model_statuses(parts.engine)
+    if not statuses:
+        click.echo("no windows planned yet")
+    else:
+        click.echo(report.status_table(statuses, parts.clock()).to_string(index=False))
+    click.echo(f"dead letters: {report.dead_letter_count(parts.engine)}; queue depth: {parts.queue.depth()}")
+    parts.close()
+
+
+@main.command()
+@click.option("--output", default="total-anomaly-scaled", show_default=True, help="output column group")
+@click.option("--since", type=DURATION, default="6h", show_default=True, help="how far back")
+@click.option("--model", help="only this model")
+@click.pass_context
+def predictions(ctx: click.Context, output: str, since: timedelta, model: str | None) -> None:
+    """Recent predictions from the SQL prediction store, time by model."""
+    import pandas as pd
+
+    from latigo import status as report
+
+    parts = _components(ctx)
+    if parts.config.predictions.type != "sql":
+        raise click.UsageError("predictions are stored in InfluxDB: look at them there (or in Grafana)")
+    frame = report.recent_predictions(parts.engine, output, parts.clock() - since, model)
+    parts.close()
+    if frame.empty:
+        click.echo(f"no {output} predictions in the last {since}")
+        return
+    with pd.option_context("display.width", 200, "display.max_rows", 500, "display.max_columns", 20):
+        click.echo(frame.round(4).to_string())
+
+
+@main.group()
+def config() -> None:
+    """The configuration."""
+
+
+@config.command("show")
+@click.pass_context
+def config_show(ctx: click.Context) -> None:
+    """Print the effective configuration (file, environment, defaults), secrets masked."""
+    click.echo(dump_config(_config(ctx)), nl=False)
+
+
+@config.command("check")
+@click.pass_context
+def config_check(ctx: click.Context) -> None:
+    """Validate the configuration; exit 2 with the offending keys if it is invalid."""
+    _config(ctx)
+    click.echo("configuration is valid")
+
+
+@main.command()
+@click.option("--history", type=DURATION, help="sensor history to feed first [default: initial backfill + 2h]")
+@click.pass_context
+def demo(ctx: click.Context, history: timedelta | None) -> None:
+    """Everything on this machine: a local Gordo with demo models, a live synthetic sensor
+    feed with injected anomalies, and the service predicting on it."""
+    from latigo.demo.run import run_demo
+
+    sys.exit(run_demo(_config(ctx), history))
+
+
+if __name__ == "__main__":
+    main()

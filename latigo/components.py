@@ -1,0 +1,82 @@
+"""Builds the parts a process needs from the configuration: the one place where a
+``type:`` becomes a class. The config schema has already rejected unknown types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from latigo import db
+from latigo.clock import Clock, system_clock
+from latigo.config import Config, InfluxPredictionsConfig, InfluxSensorsConfig
+from latigo.ledger import Ledger
+from latigo.providers.models import ModelExecutionProvider, ModelInformationProvider
+from latigo.providers.models.gordo import GordoModels
+from latigo.providers.predictions import PredictionStorageProvider
+from latigo.providers.sensors import SensorDataProvider, SensorInformationProvider
+from latigo.queues import TaskQueue
+from latigo.queues.sql import SqlQueue
+
+
+@dataclass
+class Components:
+    config: Config
+    engine: Engine
+    ledger: Ledger
+    queue: TaskQueue
+    model_info: ModelInformationProvider
+    model_execution: ModelExecutionProvider
+    sensors: SensorDataProvider
+    sensor_info: SensorInformationProvider
+    predictions: PredictionStorageProvider
+    clock: Clock
+
+    def close(self) -> None:
+        for part in (self.queue, self.model_execution, self.sensors, self.predictions):
+            part.close()
+        self.engine.dispose()
+
+
+def build(config: Config, *, clock: Clock = system_clock, migrate: bool = True) -> Components:
+    engine = db.create_engine(config.database.url, echo=config.database.echo)
+    if migrate:
+        db.upgrade(engine)
+    gordo = GordoModels(config.models, clock)
+    sensors = build_sensors(config, engine)
+    return Components(
+        config=config,
+        engine=engine,
+        ledger=Ledger(engine, clock),
+        queue=build_queue(config, engine, clock),
+        model_info=gordo,
+        model_execution=gordo,
+        sensors=sensors,
+        sensor_info=sensors,
+        predictions=build_predictions(config, engine),
+        clock=clock,
+    )
+
+
+def build_queue(config: Config, engine: Engine, clock: Clock = system_clock) -> TaskQueue:
+    return SqlQueue(engine, lease=config.queue.lease, poll_interval=config.queue.poll_interval, clock=clock)
+
+
+def build_sensors(config: Config, engine: Engine):
+    if isinstance(config.sensors, InfluxSensorsConfig):
+        from latigo.providers.sensors.influx import InfluxSensors
+
+        return InfluxSensors(config.sensors)
+    from latigo.providers.sensors.sql import SqlSensors
+
+    return SqlSensors(engine)
+
+
+def build_predictions(config: Config, engine: Engine) -> PredictionStorageProvider:
+    if isinstance(config.predictions, InfluxPredictionsConfig):
+        from latigo.providers.predictions.influx import InfluxPredictions
+
+        return InfluxPredictions(config.predictions)
+    from latigo.providers.predictions.sql import SqlPredictions
+
+    return SqlPredictions(engine)

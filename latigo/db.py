@@ -1,0 +1,116 @@
+"""Connecting to the Latigo database and keeping its schema current.
+
+SQLite is the embedded default; several processes share one file, so every connection
+uses WAL, waits for locks instead of failing, and takes the write lock when a transaction
+begins (``BEGIN IMMEDIATE``), which avoids the deadlock of two readers upgrading at once.
+PostgreSQL is used as it is.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import sqlalchemy
+import sqlalchemy.exc
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Connection, Engine, Table, event
+from sqlalchemy.dialects import postgresql, sqlite
+
+from latigo.errors import TransientError
+
+# the alembic folder, at the top of the repository (and of the Docker image)
+ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+# how long a SQLite connection waits for another process's write lock, in milliseconds
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# rows per INSERT statement in bulk writes (SQLite allows 32766 bound parameters)
+BULK_ROWS = 2_000
+
+
+def create_engine(url: str, *, echo: bool = False) -> Engine:
+    if url.startswith("sqlite"):
+        engine = sqlalchemy.create_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        _make_sqlite_transactional(engine)
+        return engine
+    return sqlalchemy.create_engine(url, echo=echo, pool_pre_ping=True)
+
+
+def _make_sqlite_transactional(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let SQLAlchemy's BEGIN below be the only one
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def alembic_config(engine: Engine) -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    config.attributes["engine"] = engine
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest migration; safe to run at every start."""
+    command.upgrade(alembic_config(engine), "head")
+
+
+def _insert(connection: Connection, table: Table):
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"upserts are not implemented for {dialect}")
+
+
+def _chunks(rows: Sequence[Mapping[str, Any]]) -> Iterable[Sequence[Mapping[str, Any]]]:
+    for offset in range(0, len(rows), BULK_ROWS):
+        yield rows[offset : offset + BULK_ROWS]
+
+
+def upsert(connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Insert rows, replacing the non-key columns of rows whose primary key exists: the
+    write that makes redelivered tasks harmless."""
+    if not rows:
+        return 0
+    keys = [column.name for column in table.primary_key.columns]
+    for chunk in _chunks(rows):
+        statement = _insert(connection, table)
+        updates = {name: statement.excluded[name] for name in chunk[0] if name not in keys}
+        statement = statement.on_conflict_do_update(index_elements=keys, set_=updates) if updates else statement.on_conflict_do_nothing(index_elements=keys)
+        connection.execute(statement, list(chunk))
+    return len(rows)
+
+
+def insert_new(connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """Insert rows whose primary key is new, ignore the others; return the new keys."""
+    keys = [column for column in table.primary_key.columns]
+    inserted: list[Any] = []
+    for chunk in _chunks(rows):
+        statement = (
+            _insert(connection, table)
+            .values(list(chunk))
+            .on_conflict_do_nothing(index_elements=[key.name for key in keys])
+            .returning(*keys)
+        )
+        inserted.extend(connection.execute(statement).all())
+    return inserted
+
+
+@contextmanager
+def translate_outage(what: str) -> Iterator[None]:
+    """A database that cannot be reached is a transient failure, not a crash."""
+    try:
+        yield
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
+        raise TransientError(f"{what} unavailable: {error.orig!r}"[:500]) from None

@@ -1,0 +1,29 @@
+"""Error classes, by what the executor should do about them.
+
+Providers raise these (and only these) so that the retry policy lives in one place: the
+executor decides by class, never by inspecting a message or an HTTP library's exception.
+"""
+
+
+class LatigoError(Exception):
+    """Base of every error Latigo raises on purpose."""
+
+
+class TransientError(LatigoError):
+    """Worth retrying: timeouts, connection errors, 5xx, storage unavailable."""
+
+
+class PermanentError(LatigoError):
+    """Retrying cannot help: other 4xx, unknown model, an answer that is not a prediction."""
+
+
+class MalformedTask(PermanentError):
+    """A queue message that is not a valid task; the reason says which field is wrong."""
+
+
+class RevisionGone(PermanentError):
+    """Gordo no longer serves the task's revision (HTTP 410): re-plan at the latest one."""
+
+
+class NoData(LatigoError):
+    """The sensor store has no data for the window: a state, not a failure."""

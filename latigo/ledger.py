@@ -1,0 +1,179 @@
+"""The ledger: one row per (project, model, window start) with the window's state.
+
+It is what makes planning exact (the primary key means a window is planned at most once,
+ever, whoever plans it), restarts and catch-up cheap (a model's watermark is its newest
+planned window) and status truthful. States::
+
+    planned -> queued -> done | no_data | failed -> dead
+
+``failed`` is a window whose last attempt failed and which will be tried again; ``dead``
+needs an operator (see the dead-letter table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Iterable, Sequence
+
+from sqlalchemy import Engine, and_, func, insert, select, update
+
+from latigo import db
+from latigo.clock import Clock, system_clock
+from latigo.schema import dead_letters, ledger
+from latigo.task import Task
+from latigo.window import Window
+
+# longest error text kept per window (the full text goes to the log)
+ERROR_LIMIT = 2_000
+
+
+class State(StrEnum):
+    PLANNED = "planned"
+    QUEUED = "queued"
+    DONE = "done"
+    NO_DATA = "no_data"
+    FAILED = "failed"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class PlannedWindow:
+    project: str
+    model: str
+    revision: str
+    window: Window
+
+
+class Ledger:
+    def __init__(self, engine: Engine, clock: Clock = system_clock) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    def plan(self, windows: Sequence[PlannedWindow]) -> int:
+        """Record windows as planned; windows planned before are left alone. Returns how
+        many were new."""
+        now = self._clock()
+        rows = [
+            {
+                "project": item.project,
+                "model": item.model,
+                "window_start": item.window.start,
+                "window_end": item.window.end,
+                "state": State.PLANNED,
+                "revision": item.revision,
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for item in windows
+        ]
+        if not rows:
+            return 0
+        with self._engine.begin() as connection:
+            return len(db.insert_new(connection, ledger, rows))
+
+    def planned(self) -> list[PlannedWindow]:
+        """Windows planned but not yet handed to the queue, newest first."""
+        query = (
+            select(ledger.c.project, ledger.c.model, ledger.c.revision, ledger.c.window_start, ledger.c.window_end)
+            .where(ledger.c.state == State.PLANNED)
+            .order_by(ledger.c.window_start.desc(), ledger.c.project, ledger.c.model)
+        )
+        with self._engine.connect() as connection:
+            return [
+                PlannedWindow(row.project, row.model, row.revision, Window(row.window_start, row.window_end))
+                for row in connection.execute(query)
+            ]
+
+    def watermarks(self) -> dict[tuple[str, str], datetime]:
+        """The newest planned window start of every model."""
+        query = select(ledger.c.project, ledger.c.model, func.max(ledger.c.window_start)).group_by(
+            ledger.c.project, ledger.c.model
+        )
+        with self._engine.connect() as connection:
+            return {(project, model): latest for project, model, latest in connection.execute(query)}
+
+    def _covered(self, task: Task):
+        return and_(
+            ledger.c.project == task.project,
+            ledger.c.model == task.model,
+            ledger.c.window_start >= task.start,
+            ledger.c.window_start < task.end,
+        )
+
+    def mark_queued(self, tasks: Iterable[Task]) -> None:
+        now = self._clock()
+        with self._engine.begin() as connection:
+            for task in tasks:
+                connection.execute(
+                    update(ledger)
+                    .where(self._covered(task), ledger.c.state == State.PLANNED)
+                    .values(state=State.QUEUED, task_id=str(task.id), revision=task.revision, updated_at=now)
+                )
+
+    def finish(self, task: Task, state: State, error: str | None = None) -> None:
+        """Record the outcome of a task for every window it covers."""
+        with self._engine.begin() as connection:
+            connection.execute(
+                update(ledger)
+                .where(self._covered(task))
+                .values(
+                    state=state,
+                    revision=task.revision,
+                    last_error=error[:ERROR_LIMIT] if error else None,
+                    updated_at=self._clock(),
+                )
+            )
+
+    def fail(self, task: Task, error: str) -> int:
+        """Count a failed attempt on the task's windows; return the attempts so far."""
+        with self._engine.begin() as connection:
+            connection.execute(
+                update(ledger)
+                .where(self._covered(task))
+                .values(
+                    state=State.FAILED,
+                    attempts=ledger.c.attempts + 1,
+                    last_error=error[:ERROR_LIMIT],
+                    updated_at=self._clock(),
+                )
+            )
+            attempts = connection.execute(select(func.max(ledger.c.attempts)).where(self._covered(task))).scalar()
+        return int(attempts or 0)
+
+    def dead_letter(self, body: bytes, reason: str, error: str, attempts: int, task: Task | None = None) -> None:
+        """Keep a message that cannot be handled, with why, for ``latigo dlq``; mark its
+        windows dead."""
+        with self._engine.begin() as connection:
+            connection.execute(
+                insert(dead_letters).values(
+                    task_id=str(task.id) if task else None,
+                    project=task.project if task else None,
+                    model=task.model if task else None,
+                    body=body,
+                    reason=reason,
+                    error=error[:ERROR_LIMIT],
+                    attempts=attempts,
+                    created_at=self._clock(),
+                )
+            )
+            if task is not None:
+                connection.execute(
+                    update(ledger)
+                    .where(self._covered(task))
+                    .values(state=State.DEAD, last_error=error[:ERROR_LIMIT], updated_at=self._clock())
+                )
+
+    def counts(self) -> dict[tuple[str, str], dict[str, int]]:
+        """Windows per state, per model."""
+        query = select(ledger.c.project, ledger.c.model, ledger.c.state, func.count()).group_by(
+            ledger.c.project, ledger.c.model, ledger.c.state
+        )
+        result: dict[tuple[str, str], dict[str, int]] = {}
+        with self._engine.connect() as connection:
+            for project, model, state, count in connection.execute(query):
+                result.setdefault((project, model), {})[state] = count
+        return result
+

@@ -1,0 +1,55 @@
+"""Model information and model execution: what Gordo serves, and running it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What Latigo needs to know of one model at one revision to predict with it."""
+
+    project: str
+    model: str
+    revision: str
+    tags: tuple[str, ...]
+    target_tags: tuple[str, ...]
+    resolution: timedelta
+    # rows Gordo drops from the start of its answer (windowed models such as LSTMs)
+    offset: int = 0
+
+
+class ModelInformationProvider(ABC):
+    """Which models exist, at which revision, and what they need."""
+
+    @abstractmethod
+    def latest_revision(self, project: str) -> str:
+        """The revision new windows are predicted with."""
+
+    @abstractmethod
+    def models(self, project: str, revision: str | None = None) -> list[str]:
+        """The models that were built, at ``revision`` or the latest one."""
+
+    @abstractmethod
+    def expected_models(self, project: str) -> list[str]:
+        """The models the project's config asked for; those missing from ``models`` failed to build."""
+
+    @abstractmethod
+    def metadata(self, project: str, model: str, revision: str) -> ModelMetadata:
+        """Tags, target tags, resolution and offset of one model."""
+
+
+class ModelExecutionProvider(ABC):
+    """Runs a model over sensor data."""
+
+    @abstractmethod
+    def predict(self, metadata: ModelMetadata, X: pd.DataFrame, y: pd.DataFrame) -> pd.DataFrame:
+        """Gordo's answer for the rows of ``X``: two-level columns (group, tag) such as
+        ("tag-anomaly-scaled", "TAG-1") or ("total-anomaly-scaled", ""), a UTC index."""
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,117 @@
+"""The Latigo database's tables, as SQLAlchemy Core metadata.
+
+alembic/versions/ holds the migrations that create them; tests check that the two agree.
+Times are stored as naive UTC and handed back aware, so no zone is ever guessed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import TypeDecorator
+
+# length of project, model and sensor tag names
+NAME = 200
+# length of an output column group such as "tag-anomaly-scaled"
+OUTPUT = 64
+# length of a Gordo revision (digits)
+REVISION = 40
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime in Python, naive UTC in the database (``sa.DateTime`` in migrations)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given to the database: use UTC")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+# an auto-incrementing id that is a 64-bit integer on PostgreSQL and a rowid on SQLite
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("project", String(NAME), primary_key=True),
+    Column("model", String(NAME), primary_key=True),
+    Column("window_start", UTCDateTime(), primary_key=True),
+    Column("window_end", UTCDateTime(), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("revision", String(REVISION)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("task_id", String(36)),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_ledger_state", "state"),
+)
+
+task_queue = Table(
+    "task_queue",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("body", LargeBinary, nullable=False),
+    Column("available_at", UTCDateTime(), nullable=False),
+    Column("lease_token", String(36)),
+    Column("deliveries", Integer, nullable=False, default=0),
+    Column("enqueued_at", UTCDateTime(), nullable=False),
+    Index("ix_task_queue_available_at", "available_at", "id"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("task_id", String(36)),
+    Column("project", String(NAME)),
+    Column("model", String(NAME)),
+    Column("body", LargeBinary, nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("error", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+sensor_data = Table(
+    "sensor_data",
+    metadata,
+    Column("tag", String(NAME), primary_key=True),
+    Column("time", UTCDateTime(), primary_key=True),
+    Column("value", Float),
+)
+
+predictions = Table(
+    "predictions",
+    metadata,
+    Column("project", String(NAME), primary_key=True),
+    Column("model", String(NAME), primary_key=True),
+    Column("time", UTCDateTime(), primary_key=True),
+    Column("output", String(OUTPUT), primary_key=True),
+    Column("tag", String(NAME), primary_key=True),
+    Column("value", Float),
+    Column("revision", String(REVISION), nullable=False),
+)

@@ -1,0 +1,83 @@
+"""The task: the message that travels on the queue, and its versioned JSON wire format.
+
+A task says "predict model M of project P at revision R over [start, end)". Continuous
+tasks cover one window; backfill tasks cover a run of consecutive windows. The format is
+versioned so executors of one release can refuse, clearly, what a later scheduler wrote.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from latigo.errors import MalformedTask
+from latigo.window import Window
+
+# the wire format version this release reads and writes
+TASK_VERSION = 1
+# longest raw message quoted back in an error
+_QUOTE_LIMIT = 200
+
+
+class Task(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int = TASK_VERSION
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    project: str = Field(min_length=1, max_length=200)
+    model: str = Field(min_length=1, max_length=200)
+    revision: str = Field(pattern=r"^[0-9]+$", max_length=40)
+    start: AwareDatetime
+    end: AwareDatetime
+    attempt: int = Field(1, ge=1)
+    created: AwareDatetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        if version != TASK_VERSION:
+            raise ValueError(f"task format version {version} is not supported (this release reads {TASK_VERSION})")
+        return version
+
+    @field_validator("start", "end", "created")
+    @classmethod
+    def _as_utc(cls, moment: datetime) -> datetime:
+        return moment.astimezone(timezone.utc)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Task:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+    @property
+    def window(self) -> Window:
+        return Window(self.start, self.end)
+
+    @property
+    def key(self) -> str:
+        """Where the task belongs, for logs and partition keys."""
+        return f"{self.project}/{self.model}"
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Task:
+        """Parse a queue message; anything wrong raises MalformedTask naming the field."""
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in item['loc']) or 'message'}: {item['msg']}" for item in error.errors()
+            )
+            quoted = raw[:_QUOTE_LIMIT] if isinstance(raw, str) else raw[:_QUOTE_LIMIT].decode("utf-8", "replace")
+            raise MalformedTask(f"malformed task ({problems}): {quoted!r}") from None
+
+    def retry(self) -> Task:
+        return self.model_copy(update={"attempt": self.attempt + 1})
+
+    def at_revision(self, revision: str) -> Task:
+        return self.model_copy(update={"revision": revision, "attempt": 1, "id": uuid.uuid4()})
