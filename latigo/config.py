@@ -102,7 +102,6 @@ class ScheduleConfig(Section):
     catch_up: Duration = timedelta(days=7)
     initial_backfill: Duration = timedelta(days=1)
     max_task_span: Duration = timedelta(days=1)
-    discovery_ttl: Duration = timedelta(minutes=5)
 
     @model_validator(mode="after")
     def _check(self) -> ScheduleConfig:
@@ -110,7 +109,7 @@ class ScheduleConfig(Section):
             raise ValueError("interval must be positive")
         if self.tick <= timedelta(0):
             raise ValueError("tick must be positive")
-        for name in ("delay", "catch_up", "initial_backfill", "discovery_ttl"):
+        for name in ("delay", "catch_up", "initial_backfill"):
             _non_negative(getattr(self, name), name)
         if self.max_task_span < self.interval:
             raise ValueError("max_task_span must be at least one interval")

@@ -108,7 +108,9 @@ class Executor:
     def _retry_or_give_up(self, message: Message, task: Task, error: Exception) -> State:
         parts = self._parts
         reason = f"{error.__class__.__name__}: {error}"
-        attempts = parts.ledger.fail(task, reason)
+        # the ledger counts attempts across queue backends; a queue's own delivery count
+        # also covers tasks whose windows were never planned (published by hand, replayed)
+        attempts = max(parts.ledger.fail(task, reason), message.deliveries, task.attempt)
         if attempts >= self._settings.max_attempts:
             log.error("task %s %s %s gave up after %d attempts: %s", task.id, task.key, task.window, attempts, reason)
             parts.ledger.dead_letter(message.body, "exhausted", reason, attempts, task)

@@ -15,5 +15,6 @@ def backoff(attempt: int, base: timedelta, cap: timedelta, draw=random.random) -
     """The wait before retry number ``attempt`` (1 for the first retry)."""
     if attempt < 1:
         raise ValueError("attempts count from 1")
-    ceiling = min(cap, base * (2 ** min(attempt - 1, 62)))
-    return ceiling * draw()
+    # in float seconds: a timedelta overflows long before the exponent is large
+    ceiling = min(cap.total_seconds(), base.total_seconds() * 2.0 ** min(attempt - 1, 1000))
+    return timedelta(seconds=ceiling * draw())
