@@ -10,7 +10,6 @@ import pandas as pd
 from sqlalchemy import Engine, select
 
 from latigo import db
-from latigo.errors import TransientError
 from latigo.providers.sensors import SensorDataProvider, SensorInformationProvider
 from latigo.schema import sensor_data
 

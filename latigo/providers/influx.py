@@ -1,0 +1,235 @@
+"""The small InfluxDB 1.x HTTP client both Influx backends share, and InfluxDB's quoting.
+
+Both Influx backends talk to InfluxDB's 1.x HTTP API (``/query``, ``/write``) through
+``requests`` rather than the ``influxdb`` library: its DataFrameClient silently writes
+wrong timestamps with pandas 3 (it takes a non-nanosecond index for nanoseconds), its
+InfluxDBClient retries on its own and raises its own exceptions, and neither takes a
+separate connect and read timeout. Here every call has both timeouts, and every failure
+leaves as TransientError (connection refused, timeouts, 5xx) or PermanentError (other
+4xx, errors in the query, an answer that is not InfluxDB's), so the executor's retry
+policy decides.
+
+Quoting follows InfluxDB's own rules, so no tag name can change the meaning of a query
+or of a line: InfluxQL identifiers and strings escape backslash, the quote and newline
+(influxql's ``QuoteIdent`` and ``QuoteString``); line protocol escapes comma, space and
+equals sign. Line protocol cannot carry a newline or a trailing backslash in a name, so
+such a name is refused (PermanentError) rather than written under another name.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import requests
+
+from latigo.config import InfluxConfig
+from latigo.errors import PermanentError, TransientError
+from latigo.window import utc
+
+# rows per chunk InfluxDB streams back, so a server's max-row-limit cannot truncate an answer
+QUERY_CHUNK = 10_000
+# 4xx statuses that a later retry can fix (request timeout, rate limiting)
+RETRYABLE_4XX = frozenset({408, 429})
+# the only status InfluxDB answers a successful write with; a 200 is someone else (a proxy)
+WRITE_OK = 204
+# characters InfluxQL escapes inside a quoted identifier or string (influxql QuoteIdent/QuoteString)
+_IDENT_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
+_STRING_ESCAPES = str.maketrans({"\\": "\\\\", "'": "\\'", "\n": "\\n"})
+# characters line protocol escapes in tag keys, tag values and field keys
+_KEY_ESCAPES = str.maketrans({",": "\\,", " ": "\\ ", "=": "\\="})
+# characters line protocol escapes in a measurement name
+_MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ "})
+
+
+def quote_ident(name: str) -> str:
+    """An InfluxQL identifier (measurement, tag key, field, database) in double quotes."""
+    return '"' + name.translate(_IDENT_ESCAPES) + '"'
+
+
+def quote_string(text: str) -> str:
+    """An InfluxQL string literal (a tag value) in single quotes."""
+    return "'" + text.translate(_STRING_ESCAPES) + "'"
+
+
+def _check_line_name(text: str, what: str) -> None:
+    if "\n" in text or "\r" in text:
+        raise PermanentError(f"{what} {text!r} contains a line break, which line protocol cannot carry")
+    if text.endswith("\\"):
+        raise PermanentError(f"{what} {text!r} ends in a backslash, which line protocol cannot carry")
+
+
+def escape_key(text: str, what: str = "tag") -> str:
+    """A tag key, tag value or field key for line protocol."""
+    _check_line_name(text, what)
+    return text.translate(_KEY_ESCAPES)
+
+
+def escape_measurement(name: str) -> str:
+    """A measurement name for line protocol."""
+    _check_line_name(name, "measurement")
+    return name.translate(_MEASUREMENT_ESCAPES)
+
+
+def rfc3339(moment: datetime) -> str:
+    """An aware datetime as an InfluxQL time literal, in UTC, to the nanosecond it carries."""
+    return pd.Timestamp(utc(moment)).tz_convert(None).isoformat() + "Z"
+
+
+def epoch_ns(index: pd.DatetimeIndex) -> np.ndarray:
+    """Nanoseconds since the epoch of an aware index (pandas 3 indexes may hold s, ms or us)."""
+    if index.tz is None:
+        raise ValueError("naive timestamps: the index needs a time zone (UTC)")
+    return index.tz_convert("UTC").as_unit("ns").asi8
+
+
+def float_lines(prefix: str, field: str, values: np.ndarray, times_ns: np.ndarray) -> list[str]:
+    """Line protocol for one series: ``prefix field=value time`` for every finite value.
+
+    NaN and infinities are skipped: an InfluxDB field cannot hold them, and a missing
+    point is what "no value" means there.
+    """
+    finite = np.isfinite(values)
+    # repr() of a Python float is the shortest text that reads back as the same float
+    return [
+        f"{prefix} {field}={float(value)!r} {int(time)}"
+        for value, time in zip(values[finite].tolist(), times_ns[finite].tolist())
+    ]
+
+
+def _batches(lines: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for offset in range(0, len(lines), size):
+        yield lines[offset : offset + size]
+
+
+def _error_text(response: requests.Response) -> str:
+    try:
+        document = response.json()
+    except ValueError:
+        document = None
+    message = document.get("error") if isinstance(document, dict) else None
+    return str(message or response.text[:200] or response.reason)
+
+
+class InfluxHttp:
+    """InfluxDB 1.x's HTTP API for one database: both timeouts on every call, failures mapped
+    to TransientError / PermanentError, and the database created when a write finds it
+    missing (so only that first write needs the right to create databases)."""
+
+    def __init__(self, config: InfluxConfig) -> None:
+        self.url = config.url.rstrip("/")
+        self.database = config.database
+        self._timeout = (config.connect_timeout, config.read_timeout)
+        self._session = requests.Session()
+        if config.username:
+            self._session.auth = (config.username, config.password.get_secret_value())
+
+    @contextmanager
+    def _exchange(self, method: str, path: str, **kwargs: Any) -> Iterator[requests.Response]:
+        """One HTTP call whose failures, including those while reading the body, come out as
+        Latigo errors."""
+        url = self.url + path
+        try:
+            with self._session.request(method, url, timeout=self._timeout, **kwargs) as response:
+                if response.status_code >= 500 or response.status_code in RETRYABLE_4XX:
+                    raise TransientError(
+                        f"InfluxDB {url}: HTTP {response.status_code}: {_error_text(response)}"
+                    )
+                if response.status_code >= 400:
+                    raise PermanentError(
+                        f"InfluxDB {url}: HTTP {response.status_code}: {_error_text(response)}"
+                    )
+                yield response
+        except requests.exceptions.SSLError as error:
+            # certificates and TLS settings do not heal by retrying
+            raise PermanentError(f"InfluxDB {url}: {error}") from error
+        except (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+        ) as error:
+            raise TransientError(f"InfluxDB {url}: {error}") from error
+        except requests.exceptions.RequestException as error:
+            raise PermanentError(f"InfluxDB {url}: {error}") from error
+
+    def query(self, statement: str) -> list[dict[str, Any]]:
+        """Run one read statement; return its series (``name``, ``tags``, ``columns``,
+        ``values``) with times as integer nanoseconds, chunks of one series merged.
+
+        The statement goes in a POST body: a model with hundreds of tags makes a query too
+        long for the URL limits of proxies in front of InfluxDB."""
+        params = {"db": self.database, "epoch": "ns", "chunked": "true", "chunk_size": str(QUERY_CHUNK)}
+        merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+        with self._exchange("POST", "/query", params=params, data={"q": statement}, stream=True) as response:
+            if "json" not in response.headers.get("Content-Type", ""):
+                raise PermanentError(
+                    f"InfluxDB {self.url}: not an InfluxDB answer "
+                    f"(Content-Type {response.headers.get('Content-Type')!r})"
+                )
+            for line in response.iter_lines():
+                if line:
+                    for series in _series_of(line, self.url):
+                        key = (series.get("name"), tuple(sorted((series.get("tags") or {}).items())))
+                        if key in merged:
+                            merged[key]["values"].extend(series.get("values") or [])
+                        else:
+                            merged[key] = {**series, "values": list(series.get("values") or [])}
+        return list(merged.values())
+
+    def command(self, statement: str) -> None:
+        """Run one statement that changes the server (CREATE DATABASE, DROP ...)."""
+        with self._exchange("POST", "/query", data={"q": statement}) as response:
+            for _ in _series_of(response.content, self.url):
+                pass
+
+    def write(self, lines: Sequence[str], batch_size: int) -> None:
+        """POST line protocol (nanosecond timestamps) in batches of ``batch_size`` lines; a
+        missing database is created (CREATE DATABASE is idempotent) and the batch sent again."""
+        for batch in _batches(lines, batch_size):
+            body = "\n".join(batch).encode("utf-8")
+            try:
+                self._post_lines(body)
+            except _DatabaseNotFound:
+                self.command(f"CREATE DATABASE {quote_ident(self.database)}")
+                self._post_lines(body)
+
+    def _post_lines(self, body: bytes) -> None:
+        params = {"db": self.database, "precision": "ns"}
+        try:
+            with self._exchange("POST", "/write", params=params, data=body) as response:
+                if response.status_code != WRITE_OK:
+                    raise PermanentError(
+                        f"InfluxDB {self.url}: a write was answered with HTTP {response.status_code}, "
+                        f"not {WRITE_OK}: not an InfluxDB server (a proxy's page?)"
+                    )
+        except PermanentError as error:
+            if "HTTP 404: database not found" in str(error):
+                raise _DatabaseNotFound(str(error)) from error
+            raise
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class _DatabaseNotFound(PermanentError):
+    """A write met a missing database: create it, then write again."""
+
+
+def _series_of(document: bytes | str, url: str) -> Iterable[dict[str, Any]]:
+    """The series of one JSON answer (one chunk); statement errors become PermanentError."""
+    try:
+        parsed = json.loads(document)
+    except ValueError as error:
+        raise PermanentError(f"InfluxDB {url}: the answer is not JSON: {str(document)[:200]!r}") from error
+    if not isinstance(parsed, dict):
+        raise PermanentError(f"InfluxDB {url}: unexpected answer {str(document)[:200]!r}")
+    if parsed.get("error"):
+        raise PermanentError(f"InfluxDB {url}: {parsed['error']}")
+    for result in parsed.get("results") or []:
+        if result.get("error"):
+            raise PermanentError(f"InfluxDB {url}: {result['error']}")
+        yield from result.get("series") or []
