@@ -200,3 +200,46 @@ def test_an_unreachable_gordo_is_retried_then_dead_lettered(database_url, clock)
         assert parts.queue.depth() == 0
     finally:
         parts.close()
+
+
+def test_sensors_from_and_predictions_into_influxdb(tmp_path, gordo_server, influx_server, influx_database, clock):
+    """The same pipeline with both data sides in a real InfluxDB 1.x, in gordo-client's layout."""
+    influx = {"type": "influx", "url": influx_server.url, "database": influx_database}
+    config = make_config(f"sqlite:///{tmp_path}/latigo.db", gordo_server.base_url).model_copy(
+        update={
+            "sensors": Config(sensors=influx).sensors,
+            "predictions": Config(predictions={**influx, "extra_tags": {"site": "demo-site"}}).predictions,
+        }
+    )
+    parts = build(config, clock=clock)
+    try:
+        feed(parts.sensors, NOW - timedelta(hours=5), NOW)
+        scheduler = scheduler_for(parts)
+        scheduler.tick()
+        drain(parts)
+        assert {state for _, state in ledger_states(parts)} == {State.DONE}
+        totals = influx_server.points(
+            'SELECT "sensor_value" FROM "total-anomaly-scaled" GROUP BY *', influx_database
+        )
+        per_machine = pd.Series([row["machine"] for row in totals]).value_counts().to_dict()
+        # 7 windows x 3 steps of 10 minutes, for every model, once
+        assert per_machine == {model: 21 for model in gordo_server.models}
+        assert {row["sensor_name"] for row in totals} == {"total-anomaly-scaled"}
+        assert {row["site"] for row in totals} == {"demo-site"}
+        per_tag = influx_server.points(
+            "SELECT count(\"sensor_value\") FROM \"tag-anomaly-scaled\" WHERE machine = 'pump-1' GROUP BY sensor_name",
+            influx_database,
+        )
+        assert {row["sensor_name"]: row["count"] for row in per_tag} == {tag: 21 for tag in tags_of("pump-1")}
+
+        # predicting the same windows again (a redelivery) overwrites, never duplicates
+        task = Task(project="demo", model="pump-1", revision=gordo_server.revision,
+                    start=NOW - timedelta(hours=2), end=NOW - timedelta(hours=1))
+        parts.queue.publish([task.to_json()])
+        drain(parts)
+        again = influx_server.points(
+            "SELECT count(\"sensor_value\") FROM \"total-anomaly-scaled\" WHERE machine = 'pump-1'", influx_database
+        )
+        assert again[0]["count"] == 21
+    finally:
+        parts.close()
