@@ -147,13 +147,16 @@ class Executor:
         not are delivered again once their lease runs out."""
         concurrency = self._settings.concurrency
         in_flight: set[Future[State]] = set()
+        log.info("executor ready: up to %d tasks at once", concurrency)
         with ThreadPoolExecutor(concurrency, thread_name_prefix="task") as pool:
             while not stop.is_set() and (max_tasks is None or self.handled < max_tasks):
                 free = concurrency - len(in_flight)
                 if max_tasks is not None:
                     free = min(free, max_tasks - self.handled - len(in_flight))
                 if free <= 0:
-                    in_flight = self._collect(wait(in_flight, return_when=FIRST_COMPLETED).done, in_flight)
+                    # a bounded wait, so that a stop request is seen while every slot is busy
+                    finished = wait(in_flight, timeout=RECEIVE_WAIT.total_seconds(), return_when=FIRST_COMPLETED).done
+                    in_flight = self._collect(finished, in_flight)
                     continue
                 try:
                     messages = self._parts.queue.receive(free, RECEIVE_WAIT)

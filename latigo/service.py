@@ -24,16 +24,34 @@ from latigo.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
+# longest a waiting main thread goes without running signal handlers, seconds
+SIGNAL_CHECK_S = 0.25
 # seconds a child gets to exit after SIGTERM before it is killed
 CHILD_GRACE_S = 45.0
 # a child that dies sooner than this after starting is not restarted in a tight loop
 MIN_CHILD_LIFETIME_S = 5.0
 
 
+class StopEvent(threading.Event):
+    """Set on SIGTERM or SIGINT. Its ``wait`` wakes at least every SIGNAL_CHECK_S: the kernel
+    may deliver a signal to one of the threads numpy or pyarrow start, and then nothing
+    interrupts the main thread's wait; Python runs the handler only when the main thread
+    next runs bytecode."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            remaining = SIGNAL_CHECK_S if deadline is None else min(SIGNAL_CHECK_S, deadline - monotonic())
+            if remaining <= 0:
+                return self.is_set()
+            if super().wait(remaining):
+                return True
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[threading.Event]:
     """An event set by SIGTERM or SIGINT, for loops that wait on it."""
-    stop = threading.Event()
+    stop = StopEvent()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _stop(signum: int, _frame: object) -> None:
@@ -116,5 +134,6 @@ def _stop_children(children: list[Child]) -> int:
             log.error("%s did not stop in %.0fs, killing it", child.name, CHILD_GRACE_S)
             child.process.kill()
             code = child.process.wait()
-        worst = worst or code
+        # a child that had not yet installed its handler dies of our SIGTERM: a clean stop too
+        worst = worst or (0 if code == -signal.SIGTERM else code)
     return worst
