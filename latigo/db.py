@@ -32,6 +32,9 @@ WAL_ATTEMPTS = 50
 WAL_RETRY_S = 0.1
 # how long a SQLite connection waits for another process's write lock, in milliseconds
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# libpq settings so that no call can block forever: a server that accepts the connection
+# but never answers, or a network split mid-query, ends in an error (transient) instead
+POSTGRES_TIMEOUTS = {"connect_timeout": 10, "tcp_user_timeout": 60_000, "keepalives_idle": 30}
 # rows per INSERT statement in bulk writes (SQLite allows 32766 bound parameters)
 BULK_ROWS = 2_000
 
@@ -41,7 +44,7 @@ def create_engine(url: str, *, echo: bool = False) -> Engine:
         engine = sqlalchemy.create_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _make_sqlite_transactional(engine)
         return engine
-    return sqlalchemy.create_engine(url, echo=echo, pool_pre_ping=True)
+    return sqlalchemy.create_engine(url, echo=echo, pool_pre_ping=True, connect_args=POSTGRES_TIMEOUTS)
 
 
 def _make_sqlite_transactional(engine: Engine) -> None:
