@@ -138,3 +138,15 @@ def test_the_demo_predicts_every_due_window_of_every_model_once(tmp_path):
     # Gordo was stopped with the demo: nothing answers on its port any more
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_db_upgrade_creates_the_schema(tmp_path):
+    database = tmp_path / "fresh.db"
+    result = latigo("db", "upgrade", env={"LATIGO_DATABASE__URL": f"sqlite:///{database}"})
+    assert result.returncode == 0, result.stderr
+    assert "newest revision" in result.stdout
+    engine = db.create_engine(f"sqlite:///{database}")
+    with engine.connect() as connection:
+        tables = set(connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'").scalars())
+    engine.dispose()
+    assert {"ledger", "task_queue", "dead_letters", "sensor_data", "predictions", "alembic_version"} <= tables
