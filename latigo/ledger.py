@@ -17,7 +17,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Iterable, Sequence
 
-from sqlalchemy import Engine, and_, func, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, func, insert, select, update
 
 from latigo import db
 from latigo.clock import Clock, system_clock
@@ -104,14 +104,26 @@ class Ledger:
         )
 
     def mark_queued(self, tasks: Iterable[Task]) -> None:
+        """Record that the tasks are on the queue: one batched statement for any number."""
         now = self._clock()
-        with self._engine.begin() as connection:
-            for task in tasks:
-                connection.execute(
-                    update(ledger)
-                    .where(self._covered(task), ledger.c.state == State.PLANNED)
-                    .values(state=State.QUEUED, task_id=str(task.id), revision=task.revision, updated_at=now)
-                )
+        statement = (
+            update(ledger)
+            .where(
+                ledger.c.project == bindparam("p"),
+                ledger.c.model == bindparam("m"),
+                ledger.c.window_start >= bindparam("s"),
+                ledger.c.window_start < bindparam("e"),
+                ledger.c.state == State.PLANNED,
+            )
+            .values(state=State.QUEUED, task_id=bindparam("t"), revision=bindparam("r"), updated_at=now)
+        )
+        rows = [
+            {"p": task.project, "m": task.model, "s": task.start, "e": task.end, "t": str(task.id), "r": task.revision}
+            for task in tasks
+        ]
+        if rows:
+            with self._engine.begin() as connection:
+                connection.execute(statement, rows)
 
     def finish(self, task: Task, state: State, error: str | None = None) -> None:
         """Record the outcome of a task for every window it covers."""
