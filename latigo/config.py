@@ -102,6 +102,9 @@ class ScheduleConfig(Section):
     catch_up: Duration = timedelta(days=7)
     initial_backfill: Duration = timedelta(days=1)
     max_task_span: Duration = timedelta(days=1)
+    discovery_ttl: Duration = timedelta(minutes=5)
+    leader_ttl: Duration = timedelta(minutes=2)
+    backlog_limit: int = Field(2000, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> ScheduleConfig:
@@ -109,8 +112,10 @@ class ScheduleConfig(Section):
             raise ValueError("interval must be positive")
         if self.tick <= timedelta(0):
             raise ValueError("tick must be positive")
-        for name in ("delay", "catch_up", "initial_backfill"):
+        for name in ("delay", "catch_up", "initial_backfill", "discovery_ttl"):
             _non_negative(getattr(self, name), name)
+        if self.leader_ttl <= self.tick:
+            raise ValueError("leader_ttl must be longer than tick, or the leader loses its lease between ticks")
         if self.max_task_span < self.interval:
             raise ValueError("max_task_span must be at least one interval")
         return self

@@ -17,7 +17,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Iterable, Sequence
 
-from sqlalchemy import Engine, and_, bindparam, func, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, func, insert, select, tuple_, update
 
 from latigo import db
 from latigo.clock import Clock, system_clock
@@ -27,6 +27,8 @@ from latigo.window import Window
 
 # longest error text kept per window (the full text goes to the log)
 ERROR_LIMIT = 2_000
+# models per watermark query (bound parameters stay well under SQLite's limit)
+WATERMARK_BATCH = 500
 
 
 class State(StrEnum):
@@ -74,26 +76,53 @@ class Ledger:
         with self._engine.begin() as connection:
             return len(db.insert_new(connection, ledger, rows))
 
-    def planned(self) -> list[PlannedWindow]:
-        """Windows planned but not yet handed to the queue, newest first."""
+    def planned(
+        self, *, ending_after: datetime | None = None, ending_by: datetime | None = None, limit: int | None = None
+    ) -> list[PlannedWindow]:
+        """Windows planned but not yet handed to the queue, newest first; optionally only those
+        ending after / by a moment, and at most ``limit`` (so a huge backfill is read in slices)."""
         query = (
             select(ledger.c.project, ledger.c.model, ledger.c.revision, ledger.c.window_start, ledger.c.window_end)
             .where(ledger.c.state == State.PLANNED)
             .order_by(ledger.c.window_start.desc(), ledger.c.project, ledger.c.model)
+            .limit(limit)
         )
+        if ending_after is not None:
+            query = query.where(ledger.c.window_end > ending_after)
+        if ending_by is not None:
+            query = query.where(ledger.c.window_end <= ending_by)
         with self._engine.connect() as connection:
             return [
                 PlannedWindow(row.project, row.model, row.revision, Window(row.window_start, row.window_end))
                 for row in connection.execute(query)
             ]
 
-    def watermarks(self) -> dict[tuple[str, str], datetime]:
-        """The newest planned window start of every model."""
+    def watermarks(self, since: datetime | None = None) -> dict[tuple[str, str], datetime]:
+        """The newest planned window start of every model, looking only at windows starting at
+        or after ``since`` (the ledger keeps history; the scheduler needs only recent rows)."""
         query = select(ledger.c.project, ledger.c.model, func.max(ledger.c.window_start)).group_by(
             ledger.c.project, ledger.c.model
         )
+        if since is not None:
+            query = query.where(ledger.c.window_start >= since)
         with self._engine.connect() as connection:
             return {(project, model): latest for project, model, latest in connection.execute(query)}
+
+    def watermarks_of(self, models: Sequence[tuple[str, str]]) -> dict[tuple[str, str], datetime]:
+        """The newest planned window start of the given models, at any age (an index seek
+        per model, in batches): for models without a recent window, to tell a gap from a
+        model never seen."""
+        found: dict[tuple[str, str], datetime] = {}
+        with self._engine.connect() as connection:
+            for offset in range(0, len(models), WATERMARK_BATCH):
+                batch = models[offset : offset + WATERMARK_BATCH]
+                query = (
+                    select(ledger.c.project, ledger.c.model, func.max(ledger.c.window_start))
+                    .where(tuple_(ledger.c.project, ledger.c.model).in_(batch))
+                    .group_by(ledger.c.project, ledger.c.model)
+                )
+                found.update({(project, model): latest for project, model, latest in connection.execute(query)})
+        return found
 
     def _covered(self, task: Task):
         return and_(
@@ -189,3 +218,55 @@ class Ledger:
                 result.setdefault((project, model), {})[state] = count
         return result
 
+
+    def states(self, project: str, model: str, start: datetime, end: datetime) -> dict[datetime, State]:
+        """The state of every window of one model recorded with a start in ``[start, end)``."""
+        query = select(ledger.c.window_start, ledger.c.state).where(
+            ledger.c.project == project,
+            ledger.c.model == model,
+            ledger.c.window_start >= start,
+            ledger.c.window_start < end,
+        )
+        with self._engine.connect() as connection:
+            return {window_start: State(state) for window_start, state in connection.execute(query)}
+
+    def replan(
+        self, project: str, model: str, start: datetime, end: datetime, states_from: Iterable[State], revision: str
+    ) -> int:
+        """Set one model's windows starting in ``[start, end)`` that are in one of
+        ``states_from`` back to planned, at ``revision``, as if never tried: attempts 0, last
+        error and task cleared (a dead window's error stays in the dead-letter table). One
+        statement for the whole range; returns how many windows were reset."""
+        statement = (
+            update(ledger)
+            .where(
+                ledger.c.project == project,
+                ledger.c.model == model,
+                ledger.c.window_start >= start,
+                ledger.c.window_start < end,
+                ledger.c.state.in_([State(state).value for state in states_from]),
+            )
+            .values(
+                state=State.PLANNED,
+                revision=revision,
+                attempts=0,
+                last_error=None,
+                task_id=None,
+                updated_at=self._clock(),
+            )
+        )
+        with self._engine.begin() as connection:
+            return connection.execute(statement).rowcount
+
+    def window_counts(self, project: str, start: datetime, end: datetime) -> dict[str, dict[State, int]]:
+        """Windows per state, per model of one project, of the windows starting in ``[start, end)``."""
+        query = (
+            select(ledger.c.model, ledger.c.state, func.count())
+            .where(ledger.c.project == project, ledger.c.window_start >= start, ledger.c.window_start < end)
+            .group_by(ledger.c.model, ledger.c.state)
+        )
+        result: dict[str, dict[State, int]] = {}
+        with self._engine.connect() as connection:
+            for model, state, count in connection.execute(query):
+                result.setdefault(model, {})[State(state)] = count
+        return result

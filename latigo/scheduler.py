@@ -1,9 +1,15 @@
 """The scheduler: every tick, plan each model's due windows in the ledger and publish them.
 
 Planning goes through the ledger first (its primary key makes a window plannable once,
-ever), publishing second, marking queued last. A crash between the steps leaves windows
-``planned``, and the next tick publishes them: at worst a task is delivered twice, which
-idempotent storage absorbs; never is one lost.
+ever, whoever plans it), publishing second, marking queued last. A crash between the steps
+leaves windows ``planned``, and the next tick publishes them: at worst a task is delivered
+twice, which idempotent storage absorbs; never is one lost. Only the leader (see
+``latigo.leader``) plans and publishes; other schedulers stand by.
+
+Continuous windows (the newest due one of each model) are always published at once.
+History (catch-up after downtime, the initial backfill, ``latigo backfill``) is published
+newest first, and only while the queue holds fewer than ``schedule.backlog_limit`` tasks,
+so a month of backfill never stands between a model and its next window.
 """
 
 from __future__ import annotations
@@ -12,28 +18,21 @@ import logging
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Sequence
 
+from latigo.cache import TtlCache
 from latigo.clock import Clock, system_clock
 from latigo.config import Config
 from latigo.errors import LatigoError
+from latigo.leader import Leadership
 from latigo.ledger import Ledger, PlannedWindow
 from latigo.providers.models import ModelInformationProvider
 from latigo.queues import TaskQueue
 from latigo.task import Task
-from latigo.window import Grid
+from latigo.window import Grid, Window
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TickReport:
-    now: datetime
-    models: int = 0
-    planned: int = 0
-    published_tasks: int = 0
-    published_windows: int = 0
-    failed_projects: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,35 @@ class Model:
     project: str
     name: str
     revision: str
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Windows older than the catch-up limit that were not planned: for ``latigo backfill``."""
+
+    project: str
+    model: str
+    window: Window
+
+
+@dataclass
+class TickReport:
+    now: datetime
+    leader: bool = True
+    models: int = 0
+    planned: int = 0
+    published_tasks: int = 0
+    published_windows: int = 0
+    failed_projects: dict[str, str] = field(default_factory=dict)
+    unbuilt: dict[str, list[str]] = field(default_factory=dict)
+    gaps: list[Gap] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Discovery:
+    revision: str
+    models: tuple[str, ...]
+    unbuilt: tuple[str, ...]
 
 
 class Scheduler:
@@ -51,6 +79,7 @@ class Scheduler:
         ledger: Ledger,
         queue: TaskQueue,
         clock: Clock = system_clock,
+        leadership: Leadership | None = None,
     ) -> None:
         self._schedule = config.schedule
         self._projects = config.models.projects
@@ -59,38 +88,63 @@ class Scheduler:
         self._ledger = ledger
         self._queue = queue
         self._clock = clock
+        self._leadership = leadership
+        self._discovered: TtlCache[str, Discovery] = TtlCache(config.schedule.discovery_ttl, clock)
+
+    # -- discovery -----------------------------------------------------------------------
+
+    def _discover_project(self, project: str) -> Discovery:
+        cached = self._discovered.get(project)
+        if cached is not None:
+            return cached
+        revision = self._model_info.latest_revision(project)
+        built = self._model_info.models(project, revision)
+        unbuilt = sorted(set(self._model_info.expected_models(project)) - set(built))
+        if unbuilt:
+            log.warning("%s@%s: expected but not built (failed builds?): %s", project, revision, ", ".join(unbuilt))
+        discovery = Discovery(revision, tuple(built), tuple(unbuilt))
+        self._discovered.put(project, discovery)
+        return discovery
 
     def discover(self, report: TickReport) -> list[Model]:
-        """Every built model of every configured project, at its project's latest revision.
-        One failing project is reported and skipped; the others go on."""
+        """Every built model of every configured project, at its project's latest revision
+        (cached for ``schedule.discovery_ttl``). A failing project is reported and skipped;
+        the others go on. Models that disappear are simply no longer planned."""
         models: list[Model] = []
         for project in self._projects:
             try:
-                revision = self._model_info.latest_revision(project)
-                names = self._model_info.models(project, revision)
+                found = self._discover_project(project)
             except LatigoError as error:
                 log.error("discovery failed for project %s: %s", project, error)
                 report.failed_projects[project] = str(error)
                 continue
-            models.extend(Model(project, name, revision) for name in names)
+            if found.unbuilt:
+                report.unbuilt[project] = list(found.unbuilt)
+            models.extend(Model(project, name, found.revision) for name in found.models)
         return models
 
-    def due_windows(self, models: list[Model], now: datetime) -> list[PlannedWindow]:
-        """The windows each model still needs, from its watermark (or, for a model seen for
+    # -- planning ------------------------------------------------------------------------
+
+    def due_windows(self, models: Sequence[Model], now: datetime, report: TickReport) -> list[PlannedWindow]:
+        """The windows each model still needs: from its watermark (or, for a model seen for
         the first time, the initial backfill depth) up to the newest due window, never
-        further back than the catch-up limit."""
+        further back than the catch-up limit; older gaps go into the report."""
         last_end = self._grid.last_due_end(now, self._schedule.delay)
         oldest = last_end - max(self._schedule.catch_up, self._schedule.interval)
         first_time = last_end - self._schedule.interval - self._schedule.initial_backfill
-        watermarks = self._ledger.watermarks()
+        watermarks = self._ledger.watermarks(since=oldest - self._schedule.interval)
+        unseen = [(m.project, m.name) for m in models if (m.project, m.name) not in watermarks]
+        if unseen:
+            watermarks.update(self._ledger.watermarks_of(unseen))
         planned: list[PlannedWindow] = []
         for model in models:
             watermark = watermarks.get((model.project, model.name))
             start = watermark + self._schedule.interval if watermark is not None else first_time
             if start < oldest:
+                report.gaps.append(Gap(model.project, model.name, Window(start, oldest)))
                 log.warning(
                     "%s/%s: windows from %s to %s are older than the catch-up limit (%s) and were not "
-                    "planned; backfill them if needed",
+                    "planned; use latigo backfill for them",
                     model.project, model.name, start.isoformat(), oldest.isoformat(), self._schedule.catch_up,
                 )
                 start = oldest
@@ -100,12 +154,12 @@ class Scheduler:
             )
         return planned
 
-    def publish_planned(self) -> tuple[int, int]:
-        """Turn every planned window into tasks (consecutive windows of a model coalesced up
-        to ``max_task_span``), publish them in one batch, mark them queued. Newest first,
-        so continuous windows never wait behind history."""
+    # -- publishing ----------------------------------------------------------------------
+
+    def _tasks(self, planned: Sequence[PlannedWindow]) -> list[Task]:
+        """Consecutive windows of a model coalesced into tasks of at most ``max_task_span``,
+        newest first."""
         runs: dict[tuple[str, str, str], list[datetime]] = defaultdict(list)
-        planned = self._ledger.planned()
         for item in planned:
             runs[(item.project, item.model, item.revision)].append(item.window.start)
         tasks = [
@@ -114,33 +168,64 @@ class Scheduler:
             for window in self._grid.coalesce(starts, self._schedule.max_task_span)
         ]
         tasks.sort(key=lambda task: task.end, reverse=True)
+        return tasks
+
+    def _publish(self, tasks: list[Task]) -> None:
         if tasks:
             self._queue.publish([task.to_json() for task in tasks])
             self._ledger.mark_queued(tasks)
-        return len(tasks), len(planned)
+
+    def publish_planned(self, now: datetime | None = None) -> tuple[int, int]:
+        """Publish planned windows: continuous ones all at once, history newest first while
+        the queue's backlog is under the limit. Returns (tasks, windows) published."""
+        now = now or self._clock()
+        newest_end = self._grid.last_due_end(now, self._schedule.delay)
+        continuous = self._ledger.planned(ending_after=newest_end - self._schedule.interval)
+        tasks = self._tasks(continuous)
+        self._publish(tasks)
+        published_windows = len(continuous)
+        room = self._schedule.backlog_limit - self._queue.depth()
+        if room > 0:
+            per_task = max(1, self._schedule.max_task_span // self._schedule.interval)
+            history = self._ledger.planned(ending_by=newest_end - self._schedule.interval, limit=room * per_task)
+            history_tasks = self._tasks(history)[:room]
+            self._publish(history_tasks)
+            tasks += history_tasks
+            published_windows += sum(self._grid.count(task.start, task.end) for task in history_tasks)
+        return len(tasks), published_windows
+
+    # -- the loop ------------------------------------------------------------------------
 
     def tick(self) -> TickReport:
         report = TickReport(now=self._clock())
+        if self._leadership is not None and not self._leadership.hold():
+            report.leader = False
+            log.debug("another scheduler leads; standing by")
+            return report
         models = self.discover(report)
         report.models = len(models)
-        report.planned = self._ledger.plan(self.due_windows(models, report.now))
-        report.published_tasks, report.published_windows = self.publish_planned()
+        report.planned = self._ledger.plan(self.due_windows(models, report.now, report))
+        report.published_tasks, report.published_windows = self.publish_planned(report.now)
         log.info(
-            "tick: %d models, %d windows planned, %d tasks published covering %d windows%s",
+            "tick: %d models, %d windows planned, %d tasks published covering %d windows%s%s",
             report.models, report.planned, report.published_tasks, report.published_windows,
             f", failed projects: {', '.join(report.failed_projects)}" if report.failed_projects else "",
+            f", {len(report.gaps)} models with gaps beyond catch-up" if report.gaps else "",
         )
         return report
 
     def run(self, stop: threading.Event) -> None:
-        """Tick on every multiple of ``tick`` until ``stop`` is set."""
+        """Tick on every multiple of ``tick`` until ``stop`` is set; step down at the end."""
         tick = self._schedule.tick
-        while not stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # a database or queue outage must not end the scheduler
-                log.exception("tick failed; trying again next tick")
-            now = self._clock()
-            next_tick = Grid(tick).floor(now) + tick
-            stop.wait(max(0.0, (next_tick - now).total_seconds()))
-
+        try:
+            while not stop.is_set():
+                try:
+                    self.tick()
+                except Exception:  # a database or queue outage must not end the scheduler
+                    log.exception("tick failed; trying again next tick")
+                now = self._clock()
+                next_tick = Grid(tick).floor(now) + tick
+                stop.wait(max(timedelta(0), next_tick - now).total_seconds())
+        finally:
+            if self._leadership is not None:
+                self._leadership.release()

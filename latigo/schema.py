@@ -115,3 +115,11 @@ predictions = Table(
     Column("value", Float),
     Column("revision", String(REVISION), nullable=False),
 )
+
+scheduler_leader = Table(
+    "scheduler_leader",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)

@@ -21,6 +21,7 @@ from typing import Iterator
 
 from latigo.components import Components
 from latigo.executor import Executor
+from latigo.leader import leadership_for
 from latigo.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,13 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 
 def run_scheduler(parts: Components, *, once: bool = False) -> None:
-    scheduler = Scheduler(parts.config, parts.model_info, parts.ledger, parts.queue, parts.clock)
+    leadership = leadership_for(parts.engine, parts.config.schedule.leader_ttl, parts.clock)
+    scheduler = Scheduler(parts.config, parts.model_info, parts.ledger, parts.queue, parts.clock, leadership)
     if once:
-        scheduler.tick()
+        try:
+            scheduler.tick()
+        finally:
+            leadership.release()
         return
     with stop_on_signals() as stop:
         scheduler.run(stop)
