@@ -154,6 +154,13 @@ class Scheduler:
             )
         return planned
 
+    def plan(self, report: TickReport) -> int:
+        """Discover models and record their due windows in the ledger; return how many were new."""
+        models = self.discover(report)
+        report.models = len(models)
+        report.planned = self._ledger.plan(self.due_windows(models, report.now, report))
+        return report.planned
+
     # -- publishing ----------------------------------------------------------------------
 
     def _tasks(self, planned: Sequence[PlannedWindow]) -> list[Task]:
@@ -202,9 +209,7 @@ class Scheduler:
             report.leader = False
             log.debug("another scheduler leads; standing by")
             return report
-        models = self.discover(report)
-        report.models = len(models)
-        report.planned = self._ledger.plan(self.due_windows(models, report.now, report))
+        self.plan(report)
         report.published_tasks, report.published_windows = self.publish_planned(report.now)
         log.info(
             "tick: %d models, %d windows planned, %d tasks published covering %d windows%s%s",

@@ -379,8 +379,11 @@ def _answers(url: str) -> bool:
 
 
 def _port_is_free(port: int) -> bool:
-    """Whether 127.0.0.1:``port`` can be bound right now."""
+    """Whether 127.0.0.1:``port`` can be bound right now, as gunicorn binds it: with
+    SO_REUSEADDR, so connections of a stopped server lingering in TIME_WAIT do not count,
+    while a server still listening does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
