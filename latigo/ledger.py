@@ -28,7 +28,7 @@ from latigo.window import Window
 # longest error text kept per window (the full text goes to the log)
 ERROR_LIMIT = 2_000
 # models per watermark query (bound parameters stay well under SQLite's limit)
-WATERMARK_BATCH = 500
+WATERMARK_BATCH = 5_000
 
 
 class State(StrEnum):
@@ -218,7 +218,6 @@ class Ledger:
                 result.setdefault((project, model), {})[state] = count
         return result
 
-
     def states(self, project: str, model: str, start: datetime, end: datetime) -> dict[datetime, State]:
         """The state of every window of one model recorded with a start in ``[start, end)``."""
         query = select(ledger.c.window_start, ledger.c.state).where(
@@ -231,7 +230,13 @@ class Ledger:
             return {window_start: State(state) for window_start, state in connection.execute(query)}
 
     def replan(
-        self, project: str, model: str, start: datetime, end: datetime, states_from: Iterable[State], revision: str
+        self,
+        project: str,
+        model: str,
+        start: datetime,
+        end: datetime,
+        states_from: Iterable[State],
+        revision: str,
     ) -> int:
         """Set one model's windows starting in ``[start, end)`` that are in one of
         ``states_from`` back to planned, at ``revision``, as if never tried: attempts 0, last

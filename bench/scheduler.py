@@ -1,0 +1,76 @@
+"""Scheduler benchmark: plan and publish one window for N models, on SQLite (and PostgreSQL
+when ``--postgres URL`` is given). Prints time and peak Python memory per size, and each
+size's time per model as a ratio to the smallest size measured in the same run: a ratio
+near 1 means the cost grows linearly with the number of models.
+
+    .venv/bin/python -m bench.scheduler [--sizes 1000,3000,9000] [--postgres URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import tracemalloc
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench.fleet import Fleet
+from latigo.components import build
+from latigo.config import Config
+from latigo.scheduler import Scheduler
+
+# the moment of the measured tick: any time works
+NOW = datetime(2026, 3, 2, 12, 7, tzinfo=timezone.utc)
+# sizes measured by default
+DEFAULT_SIZES = (1000, 3000, 9000)
+
+
+def tick(database_url: str, size: int, traced: bool) -> float:
+    """One tick planning and publishing one window per model: seconds, or peak MiB of Python
+    allocations when ``traced`` (tracemalloc slows the run, so time and memory are separate runs)."""
+    project = f"fleet-{size}-{'memory' if traced else 'time'}"  # new models, even in a shared database
+    config = Config(database={"url": database_url}, models={"projects": [project]}, schedule={"initial_backfill": "0s"})
+    parts = build(config, clock=lambda: NOW)
+    try:
+        scheduler = Scheduler(config, Fleet(size, project), parts.ledger, parts.queue, lambda: NOW)
+        if traced:
+            tracemalloc.start()
+        started = time.perf_counter()
+        report = scheduler.tick()
+        elapsed = time.perf_counter() - started
+        assert report.published_tasks == size
+        if traced:
+            peak = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+            return peak
+        return elapsed
+    finally:
+        parts.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)))
+    parser.add_argument(
+        "--postgres", help="a SQLAlchemy URL of a PostgreSQL database to measure too (the fleet's rows are added to it)"
+    )
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory() as folder:
+        targets = [("sqlite", lambda size, run: f"sqlite:///{Path(folder) / f'{size}-{run}.db'}")]
+        if args.postgres:
+            targets.append(("postgresql", lambda size, run: args.postgres))
+        print(f"{'database':<11}{'models':>8}{'seconds':>10}{'peak MiB':>10}{'per-model ratio':>17}")
+        for name, url in targets:
+            baseline = None
+            for size in sizes:
+                elapsed = tick(url(size, "time"), size, traced=False)
+                peak = tick(url(size, "memory"), size, traced=True)
+                per_model = elapsed / size
+                baseline = baseline or per_model
+                print(f"{name:<11}{size:>8}{elapsed:>10.3f}{peak:>10.1f}{per_model / baseline:>17.2f}")
+
+
+if __name__ == "__main__":
+    main()
