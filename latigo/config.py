@@ -105,6 +105,7 @@ class ScheduleConfig(Section):
     discovery_ttl: Duration = timedelta(minutes=5)
     leader_ttl: Duration = timedelta(minutes=2)
     backlog_limit: int = Field(2000, ge=1)
+    history_order: Literal["newest_first", "oldest_first"] = "newest_first"
 
     @model_validator(mode="after")
     def _check(self) -> ScheduleConfig:

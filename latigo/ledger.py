@@ -77,14 +77,21 @@ class Ledger:
             return len(db.insert_new(connection, ledger, rows))
 
     def planned(
-        self, *, ending_after: datetime | None = None, ending_by: datetime | None = None, limit: int | None = None
+        self,
+        *,
+        ending_after: datetime | None = None,
+        ending_by: datetime | None = None,
+        limit: int | None = None,
+        newest_first: bool = True,
     ) -> list[PlannedWindow]:
-        """Windows planned but not yet handed to the queue, newest first; optionally only those
-        ending after / by a moment, and at most ``limit`` (so a huge backfill is read in slices)."""
+        """Windows planned but not yet handed to the queue, newest (or oldest) first; optionally
+        only those ending after / by a moment, and at most ``limit`` (so a huge backfill is
+        read in slices)."""
+        order = ledger.c.window_start.desc() if newest_first else ledger.c.window_start.asc()
         query = (
             select(ledger.c.project, ledger.c.model, ledger.c.revision, ledger.c.window_start, ledger.c.window_end)
             .where(ledger.c.state == State.PLANNED)
-            .order_by(ledger.c.window_start.desc(), ledger.c.project, ledger.c.model)
+            .order_by(order, ledger.c.project, ledger.c.model)
             .limit(limit)
         )
         if ending_after is not None:

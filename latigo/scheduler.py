@@ -8,7 +8,8 @@ twice, which idempotent storage absorbs; never is one lost. Only the leader (see
 
 Continuous windows (the newest due one of each model) are always published at once.
 History (catch-up after downtime, the initial backfill, ``latigo backfill``) is published
-newest first, and only while the queue holds fewer than ``schedule.backlog_limit`` tasks,
+newest first (``schedule.history_order``), and only while the queue holds fewer than
+``schedule.backlog_limit`` tasks,
 so a month of backfill never stands between a model and its next window.
 """
 
@@ -163,9 +164,9 @@ class Scheduler:
 
     # -- publishing ----------------------------------------------------------------------
 
-    def _tasks(self, planned: Sequence[PlannedWindow]) -> list[Task]:
+    def _tasks(self, planned: Sequence[PlannedWindow], newest_first: bool = True) -> list[Task]:
         """Consecutive windows of a model coalesced into tasks of at most ``max_task_span``,
-        newest first."""
+        newest (or oldest) first."""
         runs: dict[tuple[str, str, str], list[datetime]] = defaultdict(list)
         for item in planned:
             runs[(item.project, item.model, item.revision)].append(item.window.start)
@@ -174,7 +175,7 @@ class Scheduler:
             for (project, model, revision), starts in runs.items()
             for window in self._grid.coalesce(starts, self._schedule.max_task_span)
         ]
-        tasks.sort(key=lambda task: task.end, reverse=True)
+        tasks.sort(key=lambda task: task.end, reverse=newest_first)
         return tasks
 
     def _publish(self, tasks: list[Task]) -> None:
@@ -183,8 +184,8 @@ class Scheduler:
             self._ledger.mark_queued(tasks)
 
     def publish_planned(self, now: datetime | None = None) -> tuple[int, int]:
-        """Publish planned windows: continuous ones all at once, history newest first while
-        the queue's backlog is under the limit. Returns (tasks, windows) published."""
+        """Publish planned windows: continuous ones all at once, history in ``history_order``
+        while the queue's backlog is under the limit. Returns (tasks, windows) published."""
         now = now or self._clock()
         newest_end = self._grid.last_due_end(now, self._schedule.delay)
         continuous = self._ledger.planned(ending_after=newest_end - self._schedule.interval)
@@ -194,8 +195,11 @@ class Scheduler:
         room = self._schedule.backlog_limit - self._queue.depth()
         if room > 0:
             per_task = max(1, self._schedule.max_task_span // self._schedule.interval)
-            history = self._ledger.planned(ending_by=newest_end - self._schedule.interval, limit=room * per_task)
-            history_tasks = self._tasks(history)[:room]
+            newest_first = self._schedule.history_order == "newest_first"
+            history = self._ledger.planned(
+                ending_by=newest_end - self._schedule.interval, limit=room * per_task, newest_first=newest_first
+            )
+            history_tasks = self._tasks(history, newest_first)[:room]
             self._publish(history_tasks)
             tasks += history_tasks
             published_windows += sum(self._grid.count(task.start, task.end) for task in history_tasks)

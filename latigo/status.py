@@ -20,12 +20,15 @@ class ModelStatus:
     states: dict[str, int]
     newest_done_end: datetime | None
     last_error: str | None
+    # windows between the model's first and newest planned one that were never planned:
+    # gaps the catch-up limit left behind, for latigo backfill
+    missing: int = 0
 
     def lag(self, now: datetime) -> timedelta | None:
         return None if self.newest_done_end is None else now - self.newest_done_end
 
 
-def model_statuses(engine: Engine) -> list[ModelStatus]:
+def model_statuses(engine: Engine, interval: timedelta) -> list[ModelStatus]:
     counts = select(ledger.c.project, ledger.c.model, ledger.c.state, func.count()).group_by(
         ledger.c.project, ledger.c.model, ledger.c.state
     )
@@ -39,14 +42,24 @@ def model_statuses(engine: Engine) -> list[ModelStatus]:
         .where(ledger.c.last_error.is_not(None))
         .order_by(ledger.c.updated_at)
     )
+    extent = select(
+        ledger.c.project, ledger.c.model, func.min(ledger.c.window_start), func.max(ledger.c.window_start), func.count()
+    ).group_by(ledger.c.project, ledger.c.model)
     states: dict[tuple[str, str], dict[str, int]] = {}
     with engine.connect() as connection:
         for project, model, state, count in connection.execute(counts):
             states.setdefault((project, model), {})[state] = count
         done = {(project, model): end for project, model, end in connection.execute(newest)}
         last_error = {(project, model): error for project, model, error in connection.execute(errors)}
+        missing = {
+            (project, model): (last - first) // interval + 1 - count
+            for project, model, first, last, count in connection.execute(extent)
+        }
     return [
-        ModelStatus(project, model, counts, done.get((project, model)), last_error.get((project, model)))
+        ModelStatus(
+            project, model, counts, done.get((project, model)), last_error.get((project, model)),
+            missing.get((project, model), 0),
+        )
         for (project, model), counts in sorted(states.items())
     ]
 
@@ -64,6 +77,7 @@ def status_table(statuses: list[ModelStatus], now: datetime) -> pd.DataFrame:
             {
                 "model": f"{status.project}/{status.model}",
                 **{state.value: status.states.get(state, 0) for state in State},
+                "missing": status.missing,
                 "newest done": status.newest_done_end.strftime("%Y-%m-%d %H:%M") if status.newest_done_end else "-",
                 "lag": str(lag).split(".")[0] if lag is not None else "-",
             }

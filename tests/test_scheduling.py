@@ -260,3 +260,36 @@ def test_revision_change_and_model_removal_while_the_scheduler_runs(database_url
     finally:
         parts.close()
         gordo.stop(server)
+
+
+def test_history_can_go_oldest_first(database_url, gordo_server, clock):
+    config = config_for(
+        database_url, gordo_server.base_url, initial_backfill="1d", max_task_span="1h", backlog_limit=6,
+        history_order="oldest_first",
+    )
+    parts = build(config, clock=clock)
+    try:
+        Scheduler(config, parts.model_info, parts.ledger, parts.queue, clock).tick()
+        tasks = queued_tasks(parts)
+        models = len(gordo_server.models)
+        newest = NOW.replace(minute=0) - HALF_HOUR
+        assert [task.start for task in tasks[:models]] == [newest] * models  # continuous first, always
+        oldest = newest - timedelta(days=1)
+        assert {task.start for task in tasks[models:]} == {oldest}  # then the oldest history
+    finally:
+        parts.close()
+
+
+def test_status_counts_windows_the_catch_up_limit_left_unplanned(database_url, gordo_server, clock):
+    from latigo.status import model_statuses
+
+    parts = build(config_for(database_url, gordo_server.base_url, catch_up="1d"), clock=clock)
+    try:
+        scheduler = Scheduler(parts.config, parts.model_info, parts.ledger, parts.queue, clock)
+        scheduler.tick()
+        clock.advance(timedelta(days=3))
+        scheduler.tick()
+        statuses = model_statuses(parts.engine, HALF_HOUR)
+        assert {status.model: status.missing for status in statuses} == {m: 2 * 48 for m in gordo_server.models}
+    finally:
+        parts.close()

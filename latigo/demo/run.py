@@ -61,7 +61,7 @@ def run_demo(config: Config, history: timedelta | None) -> int:
 def _progress(parts, stop: threading.Event) -> None:
     while not stop.wait(PROGRESS_EVERY_S):
         try:
-            statuses = report.model_statuses(parts.engine)
+            statuses = report.model_statuses(parts.engine, parts.config.schedule.interval)
         except Exception:  # progress is a courtesy; the service goes on
             continue
         table = report.status_table(statuses, parts.clock())
