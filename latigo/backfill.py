@@ -1,0 +1,419 @@
+"""Backfill: plan a range of history on demand, in the ledger only.
+
+A backfill never publishes. It writes ledger rows in state ``planned`` (windows the ledger
+has no row for) or sets existing rows back to ``planned`` (to predict them again), and
+the scheduler, the one publisher, turns them into tasks at its next tick: consecutive
+windows coalesced into runs of up to ``schedule.max_task_span``, continuous windows
+first. So a backfill can neither publish a window twice nor hold the live windows back,
+and a backfill interrupted half way leaves nothing half done: what it planned is planned.
+
+It works model by model and in chunks of at most ``CHUNK_WINDOWS`` windows (one ledger
+read and at most two writes per chunk), so memory and statement sizes stay bounded
+however long the range and however many models.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from enum import StrEnum
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+from latigo.clock import Clock, system_clock
+from latigo.ledger import Ledger, PlannedWindow, State
+from latigo.providers.models import ModelInformationProvider
+from latigo.scheduler import Model
+from latigo.window import Grid, Window, utc
+
+# windows per ledger statement: bounds memory and statement size whatever the range
+CHUNK_WINDOWS = 10_000
+# how often --wait looks at the ledger
+WAIT_POLL = timedelta(seconds=5)
+
+
+class Mode(StrEnum):
+    MISSING = "missing"  # plan windows the ledger has no row for
+    FAILED = "failed"  # predict failed and dead windows again
+    ALL = "all"  # predict every window (again), except those in flight
+
+
+# the states each mode sets back to planned; queued windows are in flight, never touched
+RESET_STATES: dict[Mode, frozenset[State]] = {
+    Mode.MISSING: frozenset(),
+    Mode.FAILED: frozenset({State.FAILED, State.DEAD}),
+    Mode.ALL: frozenset({State.DONE, State.NO_DATA, State.FAILED, State.DEAD}),
+}
+# the modes that plan windows the ledger has no row for
+PLANS_MISSING = frozenset({Mode.MISSING, Mode.ALL})
+# states of a window that is not finished yet: failed ones are retried by the executor
+OUTSTANDING = frozenset({State.PLANNED, State.QUEUED, State.FAILED})
+# the counts of a summary, in the order they are shown
+COUNTS = ("windows", "planned", "reset", "skipped", "queued", "tasks")
+
+
+class UnknownModels(ValueError):
+    """``--model`` names a model none of the projects serves at its latest revision."""
+
+
+# -- pure planning ---------------------------------------------------------------------
+
+
+def parse_moment(text: str) -> datetime:
+    """A date (midnight UTC) or an RFC 3339 time with its zone, as an aware UTC datetime."""
+    text = text.strip()
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        pass
+    else:
+        return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a date (2026-03-01) nor an RFC 3339 time (2026-03-01T06:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone: add Z for UTC (2026-03-01T06:00:00Z)")
+    return utc(moment)
+
+
+def backfill_range(
+    grid: Grid, start: datetime, end: datetime, newest_end: datetime
+) -> tuple[datetime, datetime]:
+    """The range of the grid windows lying wholly inside ``[start, end)`` and ending no
+    later than ``newest_end`` (the newest due window's end): ``start`` aligned up, ``end``
+    down. Empty (start == end) when no window fits."""
+    if utc(end) <= utc(start):
+        raise ValueError(f"the range is empty: {start.isoformat()} is not before {end.isoformat()}")
+    first = grid.ceil(start)
+    last = min(grid.floor(end), grid.floor(newest_end))
+    return first, max(first, last)
+
+
+def chunks(
+    grid: Grid, start: datetime, end: datetime, size: int = CHUNK_WINDOWS
+) -> Iterator[tuple[datetime, datetime]]:
+    """Consecutive aligned sub-ranges of at most ``size`` windows that together hold
+    exactly the windows of ``grid.windows(start, end)``."""
+    if size < 1:
+        raise ValueError("a chunk holds at least one window")
+    cursor, last = grid.ceil(start), grid.floor(end)
+    while cursor < last:
+        stop = min(last, cursor + size * grid.interval)
+        yield cursor, stop
+        cursor = stop
+
+
+@dataclass
+class Selection:
+    """What a mode does to one chunk of a model's windows."""
+
+    new: list[datetime] = field(default_factory=list)  # no ledger row: planned
+    reset: list[datetime] = field(default_factory=list)  # a row in a reset state: set back to planned
+    skipped: int = 0  # a row (or none) the mode leaves as it is
+    queued: int = 0  # in flight: left alone in every mode
+
+    def chosen(self) -> list[datetime]:
+        """The windows that end up planned, oldest first."""
+        return sorted(self.new + self.reset)
+
+
+def select_windows(mode: Mode, starts: Iterable[datetime], states: Mapping[datetime, State]) -> Selection:
+    """Sort each window (by its start) into new, reset, skipped or queued by its ledger state."""
+    selection = Selection()
+    resets = RESET_STATES[mode]
+    for start in starts:
+        state = states.get(start)
+        if state is None:
+            if mode in PLANS_MISSING:
+                selection.new.append(start)
+            else:
+                selection.skipped += 1
+        elif state == State.QUEUED:
+            selection.queued += 1
+        elif state in resets:
+            selection.reset.append(start)
+        else:
+            selection.skipped += 1
+    return selection
+
+
+class TaskCounter:
+    """Counts the tasks a model's windows make once coalesced into runs of consecutive
+    windows at most ``max_span`` long, as ``Grid.coalesce`` cuts them, without holding the
+    windows. Feed it window starts oldest first."""
+
+    def __init__(self, grid: Grid, max_span: timedelta) -> None:
+        self._interval = grid.interval
+        self._per_run = max(1, max_span // grid.interval)
+        self._next: datetime | None = None  # the start that would extend the current run
+        self._length = 0
+        self.tasks = 0
+
+    def add(self, start: datetime) -> None:
+        if start == self._next and self._length < self._per_run:
+            self._length += 1
+        else:
+            self.tasks += 1
+            self._length = 1
+        self._next = start + self._interval
+
+
+@dataclass
+class ModelSummary:
+    """What a backfill did (or, dry, would do) to one model's windows."""
+
+    project: str
+    model: str
+    revision: str
+    windows: int = 0  # grid windows in the range
+    planned: int = 0  # new ledger rows
+    reset: int = 0  # existing rows set back to planned
+    skipped: int = 0  # left as they are: the mode does not touch them (or someone else just did)
+    queued: int = 0  # left as they are: in flight
+    tasks: int = 0  # tasks the planned and reset windows make, coalesced with max_task_span
+
+
+@dataclass
+class BackfillSummary:
+    start: datetime
+    end: datetime
+    mode: Mode
+    dry_run: bool
+    models: list[ModelSummary] = field(default_factory=list)
+
+    def total(self) -> dict[str, int]:
+        return {name: sum(getattr(model, name) for model in self.models) for name in COUNTS}
+
+    def to_dict(self) -> dict:
+        return {
+            "from": self.start.isoformat(),
+            "to": self.end.isoformat(),
+            "mode": self.mode.value,
+            "dry_run": self.dry_run,
+            "models": [asdict(model) for model in self.models],
+            "total": self.total(),
+        }
+
+
+def format_summary(summary: BackfillSummary) -> str:
+    """The summary as a table: one row per model, then the totals."""
+    header = ("project", "model", "revision", *COUNTS)
+    rows = [
+        (model.project, model.model, model.revision, *(str(getattr(model, name)) for name in COUNTS))
+        for model in summary.models
+    ]
+    rows.append(("total", "", "", *(str(count) for count in summary.total().values())))
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        # names to the left, counts to the right
+        cells = [
+            cell.ljust(width) if column < 3 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths))
+        ]
+        return "  ".join(cells).rstrip()
+
+    total = summary.total()
+    title = f"backfill --mode {summary.mode.value} [{summary.start.isoformat()}, {summary.end.isoformat()})"
+    if summary.dry_run:
+        footer = (
+            f"dry run, nothing written: would plan {total['planned']} and reset {total['reset']} windows, "
+            f"{total['tasks']} tasks"
+        )
+    elif total["planned"] + total["reset"] == 0:
+        footer = "nothing to plan: this mode leaves every window of the range as it is"
+    else:
+        footer = (
+            f"planned {total['planned']} and reset {total['reset']} windows: the scheduler publishes them "
+            f"as {total['tasks']} tasks, after the continuous windows"
+        )
+    return "\n".join([title, line(header), *(line(row) for row in rows), footer])
+
+
+# -- the ledger side -------------------------------------------------------------------
+
+
+@dataclass
+class WaitReport:
+    finished: bool  # no window of the backfill is planned, queued or failed any more
+    states: dict[State, int]  # the backfilled models' windows in the range, per state
+
+    @property
+    def outstanding(self) -> int:
+        return sum(self.states.get(state, 0) for state in OUTSTANDING)
+
+    def to_dict(self) -> dict:
+        return {
+            "finished": self.finished,
+            "outstanding": self.outstanding,
+            "states": {str(state): count for state, count in sorted(self.states.items())},
+        }
+
+
+class Backfill:
+    def __init__(
+        self,
+        ledger: Ledger,
+        model_info: ModelInformationProvider,
+        grid: Grid,
+        clock: Clock = system_clock,
+        *,
+        max_task_span: timedelta,
+        delay: timedelta = timedelta(0),
+    ) -> None:
+        self._ledger = ledger
+        self._model_info = model_info
+        self._grid = grid
+        self._clock = clock
+        self._max_task_span = max_task_span
+        self._delay = delay
+
+    @classmethod
+    def from_components(cls, parts) -> Backfill:
+        schedule = parts.config.schedule
+        return cls(
+            parts.ledger, parts.model_info, Grid(schedule.interval, schedule.anchor), parts.clock,
+            max_task_span=schedule.max_task_span, delay=schedule.delay,
+        )
+
+    def models(self, projects: Sequence[str], names: Sequence[str] = ()) -> list[Model]:
+        """The models of the projects at each project's latest revision, only those named
+        if ``names`` are given; a name no project serves raises UnknownModels. A Gordo that
+        cannot be asked raises its LatigoError: nothing is planned half."""
+        found: list[Model] = []
+        for project in projects:
+            revision = self._model_info.latest_revision(project)
+            names_served = self._model_info.models(project, revision)
+            found.extend(Model(project, name, revision) for name in names_served)
+        if not names:
+            return found
+        unknown = sorted(set(names) - {model.name for model in found})
+        if unknown:
+            raise UnknownModels(
+                f"unknown model{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: "
+                f"not served by project{'s' if len(projects) > 1 else ''} {', '.join(projects)} "
+                "at the latest revision"
+            )
+        return [model for model in found if model.name in set(names)]
+
+    @property
+    def grid(self) -> Grid:
+        return self._grid
+
+    def newest_due_end(self) -> datetime:
+        return self._grid.last_due_end(self._clock(), self._delay)
+
+    def range(self, start: datetime, end: datetime) -> tuple[datetime, datetime]:
+        """The aligned range of ``[start, end)``, cut at the newest due window: windows not
+        due yet are the scheduler's, planned when their data is there."""
+        return backfill_range(self._grid, start, end, self.newest_due_end())
+
+    def count(self, models: Sequence[Model], start: datetime, end: datetime) -> int:
+        """How many windows a backfill of the range looks at, for a progress bar."""
+        return len(models) * self._grid.count(start, end)
+
+    def plan(
+        self,
+        models: Iterable[Model],
+        start: datetime,
+        end: datetime,
+        mode: Mode | str,
+        *,
+        dry_run: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> BackfillSummary:
+        """Plan the windows of ``[start, end)`` (an aligned range, see ``range``) of each
+        model as ``mode`` says; with ``dry_run`` only count. ``progress`` is told how many
+        windows each chunk looked at."""
+        summary = BackfillSummary(utc(start), utc(end), Mode(mode), dry_run)
+        for model in models:
+            summary.models.append(self._plan_model(model, summary, progress))
+        return summary
+
+    def _plan_model(
+        self, model: Model, summary: BackfillSummary, progress: Callable[[int], None] | None
+    ) -> ModelSummary:
+        result = ModelSummary(model.project, model.name, model.revision)
+        counter = TaskCounter(self._grid, self._max_task_span)
+        for chunk_start, chunk_end in chunks(self._grid, summary.start, summary.end):
+            starts = [window.start for window in self._grid.windows(chunk_start, chunk_end)]
+            states = self._ledger.states(model.project, model.name, chunk_start, chunk_end)
+            selection = select_windows(summary.mode, starts, states)
+            planned, reset = len(selection.new), len(selection.reset)
+            if not summary.dry_run:
+                interval = self._grid.interval
+                planned = self._ledger.plan([
+                    PlannedWindow(model.project, model.name, model.revision, Window(start, start + interval))
+                    for start in selection.new
+                ])
+                if selection.reset:
+                    resets = RESET_STATES[summary.mode]
+                    reset = self._ledger.replan(
+                        model.project, model.name, chunk_start, chunk_end, resets, model.revision
+                    )
+            for start in selection.chosen():
+                counter.add(start)
+            result.windows += len(starts)
+            result.planned += planned
+            result.reset += reset
+            # windows another process changed between the read and the writes were left to it
+            left = len(starts) - planned - reset
+            queued = min(selection.queued, max(0, left))
+            result.queued += queued
+            result.skipped += max(0, left - queued)
+            if progress is not None:
+                progress(len(starts))
+        result.tasks = counter.tasks
+        return result
+
+    def states(self, summary: BackfillSummary) -> dict[State, int]:
+        """The backfilled models' windows in the summary's range, per state."""
+        names: dict[str, set[str]] = defaultdict(set)
+        for model in summary.models:
+            names[model.project].add(model.model)
+        totals: Counter[State] = Counter()
+        for project, models in names.items():
+            for model, counts in self._ledger.window_counts(project, summary.start, summary.end).items():
+                if model in models:
+                    totals.update(counts)
+        return dict(totals)
+
+    def outstanding(self, summary: BackfillSummary) -> int:
+        """How many of the backfill's windows are planned, queued or failed."""
+        return WaitReport(False, self.states(summary)).outstanding
+
+    def wait(
+        self,
+        summary: BackfillSummary,
+        *,
+        timeout: timedelta | None = None,
+        poll: timedelta = WAIT_POLL,
+        progress: Callable[[int], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> WaitReport:
+        """Follow the ledger until no window of the backfill is planned, queued or failed
+        (the scheduler and executors do the work), or ``timeout`` has passed. ``progress``
+        is told how many more windows finished since it was last told."""
+        deadline = None if timeout is None else self._clock() + timeout
+        report = WaitReport(False, self.states(summary))
+        first = report.outstanding
+        told = 0
+        while True:
+            finished = max(0, first - report.outstanding)
+            if progress is not None and finished > told:
+                progress(finished - told)
+                told = finished
+            if report.outstanding == 0:
+                report.finished = True
+                return report
+            pause = poll
+            if deadline is not None:
+                if self._clock() >= deadline:
+                    return report
+                pause = min(poll, deadline - self._clock())
+            sleep(pause.total_seconds())
+            report = WaitReport(False, self.states(summary))
