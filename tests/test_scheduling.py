@@ -293,3 +293,38 @@ def test_status_counts_windows_the_catch_up_limit_left_unplanned(database_url, g
         assert {status.model: status.missing for status in statuses} == {m: 2 * 48 for m in gordo_server.models}
     finally:
         parts.close()
+
+
+class OneProjectDown:
+    """Real Gordo for every project but one, whose Gordo is unreachable (a router in front
+    of several Gordo servers would answer like this when one of them is down)."""
+
+    def __init__(self, real, down: str) -> None:
+        self._real, self._down = real, down
+
+    def __getattr__(self, name):
+        method = getattr(self._real, name)
+
+        def call(project, *args):
+            if project == self._down:
+                from latigo.errors import TransientError
+
+                raise TransientError(f"{project}: cannot reach Gordo")
+            return method(project, *args)
+
+        return call
+
+
+def test_one_failing_project_never_stops_the_others(database_url, gordo_server, clock):
+    config = config_for(database_url, gordo_server.base_url).model_copy(
+        update={"models": Config(models={"base_url": gordo_server.base_url, "projects": ["broken", "demo"]}).models}
+    )
+    parts = build(config, clock=clock)
+    try:
+        scheduler = Scheduler(config, OneProjectDown(parts.model_info, "broken"), parts.ledger, parts.queue, clock)
+        report = scheduler.tick()
+        assert list(report.failed_projects) == ["broken"]
+        assert report.planned == len(gordo_server.models)
+        assert {t.project for t in queued_tasks(parts)} == {"demo"}
+    finally:
+        parts.close()
