@@ -186,6 +186,62 @@ def predictions(ctx: click.Context, output: str, since: timedelta, model: str | 
 
 
 @main.group()
+def dlq() -> None:
+    """Dead letters: tasks given up on, with why."""
+
+
+@dlq.command("list")
+@click.option("--model", "models", multiple=True, help="only this model (repeatable)")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def dlq_list(ctx: click.Context, models: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """The dead letters, oldest first."""
+    import json
+
+    from latigo import dlq as dead
+
+    parts = _components(ctx)
+    try:
+        found = dead.letters(parts.engine, models=models, limit=limit)
+    finally:
+        parts.close()
+    if as_json:
+        click.echo(json.dumps([letter.to_dict() for letter in found], indent=2))
+        return
+    if not found:
+        click.echo("no dead letters")
+    for letter in found:
+        click.echo(letter.describe())
+
+
+@dlq.command("replay")
+@click.option("--id", "ids", type=int, multiple=True, help="this dead letter (repeatable)")
+@click.option("--model", "models", multiple=True, help="every dead letter of this model (repeatable)")
+@click.option("--all", "everything", is_flag=True, help="every dead letter")
+@click.option("--drop-malformed", is_flag=True, help="delete chosen malformed messages (they cannot run)")
+@click.pass_context
+def dlq_replay(
+    ctx: click.Context, ids: tuple[int, ...], models: tuple[str, ...], everything: bool, drop_malformed: bool
+) -> None:
+    """Publish the chosen dead letters again as fresh tasks."""
+    from latigo import dlq as dead
+
+    if not (ids or models or everything):
+        raise click.UsageError("choose dead letters: --id, --model or --all")
+    parts = _components(ctx)
+    try:
+        report = dead.replay(parts.engine, parts.queue, parts.ledger, ids, models, everything, drop_malformed)
+    finally:
+        parts.close()
+    click.echo(f"replayed {len(report.replayed)} dead letters" + (f": {report.replayed}" if report.replayed else ""))
+    if report.malformed:
+        click.echo(f"kept {len(report.malformed)} malformed messages (use --drop-malformed): {report.malformed}")
+    if report.dropped:
+        click.echo(f"dropped {len(report.dropped)} malformed messages: {report.dropped}")
+
+
+@main.group()
 def config() -> None:
     """The configuration."""
 

@@ -194,6 +194,7 @@ class ExecutorConfig(Section):
     retry_base: Duration = timedelta(seconds=2)
     retry_max: Duration = timedelta(minutes=5)
     task_deadline: Duration = timedelta(minutes=10)
+    missing_tags: Literal["no_data", "retry", "dead"] = "no_data"
 
 
 class RunConfig(Section):
@@ -231,11 +232,17 @@ class Config(BaseSettings):
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
-    def _lease_outlives_tasks(self) -> Config:
+    def _deadlines_nest(self) -> Config:
         if self.queue.lease <= self.executor.task_deadline:
             raise ValueError(
                 f"queue.lease ({self.queue.lease}) must be longer than executor.task_deadline "
                 f"({self.executor.task_deadline}), or tasks still running are delivered twice"
+            )
+        call = timedelta(seconds=self.models.connect_timeout + self.models.read_timeout)
+        if call >= self.executor.task_deadline:
+            raise ValueError(
+                f"models.connect_timeout + models.read_timeout ({call}) must be shorter than "
+                f"executor.task_deadline ({self.executor.task_deadline}), or one Gordo call outlives its task"
             )
         return self
 

@@ -63,7 +63,12 @@ class Executor:
             return State.NO_DATA, f"no sensor data in {task.window}"
         missing = frames.missing_tags(raw, metadata)
         if missing:
-            return State.NO_DATA, f"no data for tags {', '.join(missing)} in {task.window}"
+            note = f"no data for tags {', '.join(missing)} in {task.window}"
+            if self._settings.missing_tags == "retry":  # the data may arrive late
+                raise TransientError(note)
+            if self._settings.missing_tags == "dead":
+                raise PermanentError(note)
+            return State.NO_DATA, note
         X = frames.to_model_input(raw, metadata)
         if frames.inside(X, task.window).empty:
             return State.NO_DATA, f"no complete rows in {task.window}"

@@ -161,6 +161,20 @@ class Ledger:
             with self._engine.begin() as connection:
                 connection.execute(statement, rows)
 
+    def requeue(self, tasks: Iterable[Task]) -> None:
+        """Put the tasks' windows back to queued with a clean slate (a replayed dead letter)."""
+        now = self._clock()
+        with self._engine.begin() as connection:
+            for task in tasks:
+                connection.execute(
+                    update(ledger)
+                    .where(self._covered(task))
+                    .values(
+                        state=State.QUEUED, attempts=0, last_error=None, task_id=str(task.id),
+                        revision=task.revision, updated_at=now,
+                    )
+                )
+
     def finish(self, task: Task, state: State, error: str | None = None) -> None:
         """Record the outcome of a task for every window it covers."""
         with self._engine.begin() as connection:
