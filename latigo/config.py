@@ -195,6 +195,7 @@ class ExecutorConfig(Section):
     retry_max: Duration = timedelta(minutes=5)
     task_deadline: Duration = timedelta(minutes=10)
     missing_tags: Literal["no_data", "retry", "dead"] = "no_data"
+    shutdown_grace: Duration = timedelta(seconds=30)
 
 
 class RunConfig(Section):

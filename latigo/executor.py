@@ -34,11 +34,11 @@ class DeadlineExceeded(TransientError):
 
 
 class Executor:
-    def __init__(self, parts: Components, *, grace: timedelta = timedelta(seconds=30)) -> None:
+    def __init__(self, parts: Components) -> None:
         self._parts = parts
         self._settings = parts.config.executor
         self._margin = parts.config.models.data_margin
-        self._grace = grace
+        self._grace = parts.config.executor.shutdown_grace
         self.handled = 0
         # tasks still running when the grace period ended
         self.unfinished = 0

@@ -74,6 +74,7 @@ def test_environment_overrides_the_file(tmp_path, monkeypatch):
         ("models:\n  read_timeout: -1\n", "models.read_timeout"),
         ("executor:\n  concurrency: 0\n", "executor.concurrency"),
         ("queue:\n  lease: 1m\n", "queue.lease"),
+        ("models:\n  read_timeout: 900\n", "must be shorter than executor.task_deadline"),
         ("storage: {}\n", "storage: Extra inputs are not permitted"),
         ("- a list\n", "top level must be a mapping"),
         ("schedule: [unclosed\n", "not valid YAML"),

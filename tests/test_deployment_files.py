@@ -10,7 +10,6 @@ skipped lint is an unchecked file. hadolint is taken from $HADOLINT, else from P
 
 from __future__ import annotations
 
-import inspect
 import io
 import os
 import re
@@ -23,8 +22,7 @@ import yaml
 from supervisor.datatypes import RestartUnconditionally
 from supervisor.options import ClientOptions, ServerOptions
 
-from latigo.config import ConfigError, load_config
-from latigo.executor import Executor
+from latigo.config import ConfigError, ExecutorConfig, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILES = ("Dockerfile", "docker/gordo.Dockerfile")
@@ -214,7 +212,7 @@ def test_supervisord_conf_runs_a_scheduler_and_two_executors(
     assert groups["scheduler"].priority < groups["executor"].priority
 
     # executors get this long for their tasks in hand after SIGTERM
-    executor_grace = inspect.signature(Executor).parameters["grace"].default.total_seconds()
+    executor_grace = ExecutorConfig().shutdown_grace.total_seconds()
     for group in groups.values():
         for process in group.process_configs:
             assert process.command == f"/opt/latigo/bin/latigo {group.name}"
