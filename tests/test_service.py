@@ -73,3 +73,61 @@ def test_processes_stop_promptly_and_cleanly(tmp_path, command, ready, signum):
     assert code == 0, output[-2000:]
     assert took < STOP_BOUND_S, f"took {took:.1f}s to stop"
     assert "Traceback" not in output, output[-2000:]
+
+
+def test_sigterm_with_a_task_in_hand_exits_within_the_grace_and_leaves_it_for_redelivery(tmp_path):
+    """Gordo accepts the connection and never answers: the task cannot finish. The executor
+    waits the grace period, exits 0 without acknowledging, and the task stays on the queue
+    to be delivered again when its lease runs out."""
+    import socket
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import select
+
+    from latigo.components import build
+    from latigo.config import Config
+    from latigo.schema import task_queue
+    from latigo.task import Task
+
+    silent = socket.create_server(("127.0.0.1", 0))  # listens, never accepts: requests hang
+    port = silent.getsockname()[1]
+    config = tmp_path / "latigo.yaml"
+    config.write_text(
+        f"database: {{url: 'sqlite:///{tmp_path}/latigo.db'}}\n"
+        f"models: {{base_url: 'http://127.0.0.1:{port}', read_timeout: 20}}\n"
+        "executor: {shutdown_grace: 1s, task_deadline: 30s}\n"
+        "queue: {lease: 60s, poll_interval: 0.1s}\n"
+    )
+    parts = build(Config(database={"url": f"sqlite:///{tmp_path}/latigo.db"}))
+    start = datetime(2026, 3, 2, 10, tzinfo=timezone.utc)
+    parts.queue.publish([Task(project="demo", model="pump-1", revision="1", start=start,
+                              end=start + timedelta(minutes=30)).to_json()])
+    log = open(tmp_path / "executor.log", "w+")
+    process = subprocess.Popen([sys.executable, "-m", "latigo", "--config", str(config), "executor"],
+                               stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + START_BOUND_S
+        while time.monotonic() < deadline:
+            with parts.engine.connect() as connection:
+                if connection.execute(select(task_queue.c.lease_token)).scalar() is not None:
+                    break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the executor never took the task")
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = process.wait(timeout=STOP_BOUND_S + 50)
+        took = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+        silent.close()
+    log.seek(0)
+    output = log.read()
+    assert code == 0, output[-2000:]
+    assert took < STOP_BOUND_S, f"took {took:.1f}s with a 1s grace"
+    assert "1 tasks still running after the grace period" in output
+    with parts.engine.connect() as connection:
+        rows = connection.execute(select(task_queue.c.deliveries)).scalars().all()
+    parts.close()
+    assert rows == [1]  # not acknowledged: delivered again once the lease runs out
