@@ -107,7 +107,7 @@ def replay(
             continue
         tasks.append((letter_id, task.model_copy(update={"attempt": 1, "id": uuid.uuid4()})))
     if tasks:
-        queue.publish([task.to_json() for _, task in tasks])
+        queue.publish([task.to_json() for _, task in tasks], [task.key for _, task in tasks])
         ledger.requeue([task for _, task in tasks])
         report.replayed = [letter_id for letter_id, _ in tasks]
     gone = report.replayed + report.dropped

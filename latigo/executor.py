@@ -140,7 +140,7 @@ class Executor:
             return State.DEAD
         replanned = task.at_revision(latest)
         log.warning("task %s %s: revision %s is gone, re-planned at %s", task.id, task.key, task.revision, latest)
-        parts.queue.publish([replanned.to_json()])
+        parts.queue.publish([replanned.to_json()], [replanned.key])
         parts.ledger.finish(replanned, State.QUEUED)
         parts.queue.ack(message)
         return State.QUEUED

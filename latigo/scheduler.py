@@ -180,7 +180,7 @@ class Scheduler:
 
     def _publish(self, tasks: list[Task]) -> None:
         if tasks:
-            self._queue.publish([task.to_json() for task in tasks])
+            self._queue.publish([task.to_json() for task in tasks], [task.key for task in tasks])
             self._ledger.mark_queued(tasks)
 
     def publish_planned(self, now: datetime | None = None) -> tuple[int, int]:

@@ -25,8 +25,9 @@ class Message:
 
 class TaskQueue(ABC):
     @abstractmethod
-    def publish(self, bodies: Sequence[bytes]) -> None:
-        """Enqueue many messages in one batched operation."""
+    def publish(self, bodies: Sequence[bytes], keys: Sequence[str] | None = None) -> None:
+        """Enqueue many messages in one batched operation. ``keys`` (one per body, the
+        task's ``project/model``) let partitioned backends keep a model's tasks together."""
 
     @abstractmethod
     def receive(self, max_messages: int, wait: timedelta) -> list[Message]:

@@ -41,7 +41,8 @@ class SqlQueue(TaskQueue):
         self._clock = clock
         self._closed = threading.Event()
 
-    def publish(self, bodies: Sequence[bytes]) -> None:
+    def publish(self, bodies: Sequence[bytes], keys: Sequence[str] | None = None) -> None:
+        # one table, no partitions: the keys need no place
         if not bodies:
             return
         now = self._clock()
