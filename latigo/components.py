@@ -9,7 +9,13 @@ from sqlalchemy import Engine
 
 from latigo import db
 from latigo.clock import Clock, system_clock
-from latigo.config import Config, InfluxPredictionsConfig, InfluxSensorsConfig
+from latigo.config import (
+    Config,
+    EventHubQueueConfig,
+    InfluxPredictionsConfig,
+    InfluxSensorsConfig,
+    KafkaQueueConfig,
+)
 from latigo.ledger import Ledger
 from latigo.providers.models import ModelExecutionProvider, ModelInformationProvider
 from latigo.providers.models.gordo import GordoModels
@@ -59,7 +65,16 @@ def build(config: Config, *, clock: Clock = system_clock, migrate: bool = True) 
 
 
 def build_queue(config: Config, engine: Engine, clock: Clock = system_clock) -> TaskQueue:
-    return SqlQueue(engine, lease=config.queue.lease, poll_interval=config.queue.poll_interval, clock=clock)
+    settings = config.queue
+    if isinstance(settings, KafkaQueueConfig):
+        from latigo.queues.kafka import KafkaQueue
+
+        return KafkaQueue(settings)
+    if isinstance(settings, EventHubQueueConfig):
+        from latigo.queues.eventhub import EventHubQueue
+
+        return EventHubQueue(settings, engine)
+    return SqlQueue(engine, lease=settings.lease, poll_interval=settings.poll_interval, clock=clock)
 
 
 def build_sensors(config: Config, engine: Engine):

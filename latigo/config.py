@@ -186,6 +186,34 @@ class SqlQueueConfig(Section):
     poll_interval: Duration = timedelta(seconds=1)
 
 
+class KafkaQueueConfig(Section):
+    """Tasks on a Kafka topic (Apache Kafka, or Azure Event Hubs' Kafka endpoint), one
+    consumer group shared by the executors, offsets committed only after a task is handled."""
+
+    type: Literal["kafka"]
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "latigo-tasks"
+    group_id: str = "latigo-executors"
+    # partitions of the topic when Latigo creates it
+    partitions: int = Field(8, ge=1)
+    # an Azure Event Hubs connection string: implies SASL_SSL/PLAIN on port 9093
+    connection_string: SecretStr = SecretStr("")
+    # further librdkafka settings, passed as they are
+    options: dict[str, str] = Field(default_factory=dict)
+    poll_interval: Duration = timedelta(seconds=1)
+
+
+class EventHubQueueConfig(Section):
+    """Tasks on Azure Event Hubs through the azure-eventhub SDK; partition ownership and
+    checkpoints kept in the Latigo database."""
+
+    type: Literal["eventhub"]
+    connection_string: SecretStr = SecretStr("")
+    eventhub_name: str = "latigo-tasks"
+    consumer_group: str = "$Default"
+    poll_interval: Duration = timedelta(seconds=1)
+
+
 class ExecutorConfig(Section):
     """How executors work through tasks."""
 
@@ -210,6 +238,7 @@ class LoggingConfig(Section):
 
 
 SensorsConfig = Annotated[Union[SqlSensorsConfig, InfluxSensorsConfig], Field(discriminator="type")]
+QueueConfig = Annotated[Union[SqlQueueConfig, KafkaQueueConfig, EventHubQueueConfig], Field(discriminator="type")]
 PredictionsConfig = Annotated[
     Union[SqlPredictionsConfig, InfluxPredictionsConfig], Field(discriminator="type")
 ]
@@ -227,14 +256,14 @@ class Config(BaseSettings):
     models: GordoConfig = GordoConfig()
     sensors: SensorsConfig = SqlSensorsConfig()
     predictions: PredictionsConfig = SqlPredictionsConfig()
-    queue: SqlQueueConfig = SqlQueueConfig()
+    queue: QueueConfig = SqlQueueConfig()
     executor: ExecutorConfig = ExecutorConfig()
     run: RunConfig = RunConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
     def _deadlines_nest(self) -> Config:
-        if self.queue.lease <= self.executor.task_deadline:
+        if isinstance(self.queue, SqlQueueConfig) and self.queue.lease <= self.executor.task_deadline:
             raise ValueError(
                 f"queue.lease ({self.queue.lease}) must be longer than executor.task_deadline "
                 f"({self.executor.task_deadline}), or tasks still running are delivered twice"
