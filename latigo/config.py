@@ -21,9 +21,11 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PlainSerializer,
     SecretStr,
+    Tag,
     ValidationError,
     model_validator,
 )
@@ -237,11 +239,22 @@ class LoggingConfig(Section):
     json_lines: bool = False
 
 
-SensorsConfig = Annotated[Union[SqlSensorsConfig, InfluxSensorsConfig], Field(discriminator="type")]
-QueueConfig = Annotated[Union[SqlQueueConfig, KafkaQueueConfig, EventHubQueueConfig], Field(discriminator="type")]
-PredictionsConfig = Annotated[
-    Union[SqlPredictionsConfig, InfluxPredictionsConfig], Field(discriminator="type")
-]
+def _backend_type(value: Any) -> str:
+    """The ``type`` of a backend section; a section without one is the embedded ``sql``."""
+    if isinstance(value, dict):
+        return value.get("type", "sql")
+    return getattr(value, "type", "sql")
+
+
+def _backends(*sections: type[BaseModel]) -> Any:
+    """A section that is one of several backends, chosen by its ``type`` key."""
+    tagged = tuple(Annotated[section, Tag(section.model_fields["type"].annotation.__args__[0])] for section in sections)
+    return Annotated[Union[tagged], Discriminator(_backend_type)]
+
+
+SensorsConfig = _backends(SqlSensorsConfig, InfluxSensorsConfig)
+PredictionsConfig = _backends(SqlPredictionsConfig, InfluxPredictionsConfig)
+QueueConfig = _backends(SqlQueueConfig, KafkaQueueConfig, EventHubQueueConfig)
 
 
 class Config(BaseSettings):
