@@ -131,6 +131,17 @@ class HttpConfig(Section):
     read_timeout: float = Field(60.0, gt=0)
 
 
+class AzureAdConfig(Section):
+    """Client credentials for a Gordo behind Azure AD."""
+
+    authority: str = Field(pattern=r"^https://", description="https://login.microsoftonline.com/<tenant id>")
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr
+    scope: str = Field(min_length=1, description="the Gordo application's scope, e.g. api://<app id>/.default")
+    # false for an authority msal cannot look up at Microsoft (Azure Stack, private clouds)
+    instance_discovery: bool = True
+
+
 class GordoConfig(HttpConfig):
     """Gordo as ModelInformationProvider and ModelExecutionProvider."""
 
@@ -140,6 +151,8 @@ class GordoConfig(HttpConfig):
     metadata_ttl: Duration = timedelta(minutes=10)
     max_concurrency: int = Field(4, ge=1)
     data_margin: int = Field(2, ge=0)
+    # Azure AD client credentials, when Gordo sits behind Azure AD
+    auth: AzureAdConfig | None = None
 
 
 class SqlSensorsConfig(Section):

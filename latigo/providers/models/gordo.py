@@ -84,13 +84,17 @@ def _parquet(frame: pd.DataFrame) -> bytes:
 
 
 class GordoModels(ModelInformationProvider, ModelExecutionProvider):
-    def __init__(self, config: GordoConfig, clock: Clock = system_clock) -> None:
+    def __init__(self, config: GordoConfig, clock: Clock = system_clock, auth_http_client: Any = None) -> None:
         self._base = config.base_url.rstrip("/")
         self._timeout = (config.connect_timeout, config.read_timeout)
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.max_concurrency, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
+        if config.auth is not None:
+            from latigo.auth import AzureAdAuth
+
+            self._session.auth = AzureAdAuth(config.auth, self._timeout, auth_http_client)
         # a per-server limit: Gordo workers are few and keep only a couple of models loaded
         self._slots = threading.BoundedSemaphore(config.max_concurrency)
         self._metadata: TtlCache[tuple[str, str, str], ModelMetadata] = TtlCache(config.metadata_ttl, clock)
