@@ -70,7 +70,7 @@ def run(ctx: click.Context, executors: int | None) -> None:
 
     config = _config(ctx)
     _components(ctx).close()  # migrate once, before the children start
-    sys.exit(run_service(executors or config.run.executors))
+    sys.exit(run_service(executors or config.run.executors, config.metrics.port))
 
 
 @main.command()

@@ -247,6 +247,14 @@ class RunConfig(Section):
     executors: int = Field(2, ge=1)
 
 
+class MetricsConfig(Section):
+    """The metrics and probe endpoint of each process (``latigo run`` numbers its children's
+    ports upwards from this one)."""
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(9100, ge=0, le=65535)
+
+
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_lines: bool = False
@@ -285,6 +293,7 @@ class Config(BaseSettings):
     queue: QueueConfig = SqlQueueConfig()
     executor: ExecutorConfig = ExecutorConfig()
     run: RunConfig = RunConfig()
+    metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

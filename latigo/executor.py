@@ -19,6 +19,7 @@ from latigo import frames
 from latigo.components import Components
 from latigo.errors import MalformedTask, PermanentError, RevisionGone, TransientError
 from latigo.ledger import State
+from latigo.metrics import HEALTH, STAGE_SECONDS, TASK_FAILURES, TASKS_HANDLED
 from latigo.queues import Message
 from latigo.retry import backoff
 from latigo.task import Task
@@ -54,10 +55,12 @@ class Executor:
             if monotonic() > deadline:
                 raise DeadlineExceeded(f"task deadline ({self._settings.task_deadline}) exceeded after {stage}")
 
-        metadata = parts.model_info.metadata(task.project, task.model, task.revision)
-        raw = parts.sensors.data(
-            frames.needed_tags(metadata), frames.data_start(task.start, metadata, self._margin), task.end
-        )
+        with STAGE_SECONDS.labels("metadata").time():
+            metadata = parts.model_info.metadata(task.project, task.model, task.revision)
+        with STAGE_SECONDS.labels("fetch").time():
+            raw = parts.sensors.data(
+                frames.needed_tags(metadata), frames.data_start(task.start, metadata, self._margin), task.end
+            )
         check("fetching sensor data")
         if raw.empty:
             return State.NO_DATA, f"no sensor data in {task.window}"
@@ -72,16 +75,23 @@ class Executor:
         X = frames.to_model_input(raw, metadata)
         if frames.inside(X, task.window).empty:
             return State.NO_DATA, f"no complete rows in {task.window}"
-        answer = parts.model_execution.predict(metadata, X, X.loc[:, list(metadata.target_tags)])
+        with STAGE_SECONDS.labels("gordo").time():
+            answer = parts.model_execution.predict(metadata, X, X.loc[:, list(metadata.target_tags)])
         check("the Gordo call")
         answer = frames.inside(answer, task.window)
         if answer.empty:
             return State.NO_DATA, f"Gordo answered no rows inside {task.window}"
-        parts.predictions.store(task.project, task.model, task.revision, answer)
+        with STAGE_SECONDS.labels("store").time():
+            parts.predictions.store(task.project, task.model, task.revision, answer)
         return State.DONE, None
 
     def handle(self, message: Message) -> State:
         """Process one message to its end: acknowledged, dead-lettered, or released for a retry."""
+        state = self._handle(message)
+        TASKS_HANDLED.labels(state.value).inc()
+        return state
+
+    def _handle(self, message: Message) -> State:
         parts = self._parts
         try:
             task = Task.from_json(message.body)
@@ -96,6 +106,7 @@ class Executor:
         except RevisionGone as error:
             return self._replan(message, task, error)
         except PermanentError as error:
+            TASK_FAILURES.labels(error.__class__.__name__).inc()
             log.error("task %s %s %s failed permanently: %s", task.id, task.key, task.window, error)
             parts.ledger.dead_letter(message.body, "permanent", str(error), message.deliveries, task)
             parts.queue.ack(message)
@@ -115,6 +126,7 @@ class Executor:
     def _retry_or_give_up(self, message: Message, task: Task, error: Exception) -> State:
         parts = self._parts
         reason = f"{error.__class__.__name__}: {error}"
+        TASK_FAILURES.labels(error.__class__.__name__).inc()
         # the ledger counts attempts across queue backends; a queue's own delivery count
         # also covers tasks whose windows were never planned (published by hand, replayed)
         attempts = max(parts.ledger.fail(task, reason), message.deliveries, task.attempt)
@@ -158,6 +170,7 @@ class Executor:
         pool = ThreadPoolExecutor(concurrency, thread_name_prefix="task")
         try:
             while not stop.is_set() and (max_tasks is None or self.handled < max_tasks):
+                HEALTH.beat()
                 free = concurrency - len(in_flight)
                 if max_tasks is not None:
                     free = min(free, max_tasks - self.handled - len(in_flight))
@@ -168,7 +181,9 @@ class Executor:
                     continue
                 try:
                     messages = self._parts.queue.receive(free, RECEIVE_WAIT)
+                    HEALTH.ready = True
                 except Exception:
+                    HEALTH.ready = False
                     log.exception("receiving from the queue failed; trying again")
                     stop.wait(RECEIVE_WAIT.total_seconds())
                     continue

@@ -20,13 +20,14 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Sequence
+from typing import Callable, Sequence
 
 from latigo.cache import TtlCache
 from latigo.clock import Clock, system_clock
 from latigo.config import Config
 from latigo.errors import LatigoError
 from latigo.leader import Leadership
+from latigo.metrics import HEALTH, TASKS_PUBLISHED, WINDOWS_PLANNED
 from latigo.ledger import Ledger, PlannedWindow
 from latigo.providers.models import ModelInformationProvider
 from latigo.queues import TaskQueue
@@ -215,6 +216,8 @@ class Scheduler:
             return report
         self.plan(report)
         report.published_tasks, report.published_windows = self.publish_planned(report.now)
+        WINDOWS_PLANNED.inc(report.planned)
+        TASKS_PUBLISHED.inc(report.published_tasks)
         log.info(
             "tick: %d models, %d windows planned, %d tasks published covering %d windows%s%s",
             report.models, report.planned, report.published_tasks, report.published_windows,
@@ -223,14 +226,20 @@ class Scheduler:
         )
         return report
 
-    def run(self, stop: threading.Event) -> None:
-        """Tick on every multiple of ``tick`` until ``stop`` is set; step down at the end."""
+    def run(self, stop: threading.Event, after_tick: Callable[[TickReport], None] | None = None) -> None:
+        """Tick on every multiple of ``tick`` until ``stop`` is set; step down at the end.
+        ``after_tick`` sees each successful tick's report (metrics, health)."""
         tick = self._schedule.tick
         try:
             while not stop.is_set():
+                HEALTH.beat()
                 try:
-                    self.tick()
+                    report = self.tick()
+                    HEALTH.ready = True
+                    if after_tick is not None:
+                        after_tick(report)
                 except Exception:  # a database or queue outage must not end the scheduler
+                    HEALTH.ready = False
                     log.exception("tick failed; trying again next tick")
                 now = self._clock()
                 next_tick = Grid(tick).floor(now) + tick

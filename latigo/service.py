@@ -19,15 +19,18 @@ from dataclasses import dataclass, field
 from time import monotonic
 from typing import Iterator
 
+from latigo import metrics, status
 from latigo.components import Components
 from latigo.executor import Executor
 from latigo.leader import leadership_for
-from latigo.scheduler import Scheduler
+from latigo.scheduler import Scheduler, TickReport
 
 log = logging.getLogger(__name__)
 
 # longest a waiting main thread goes without running signal handlers, seconds
 SIGNAL_CHECK_S = 0.25
+# the variable that gives each child of `latigo run` its own metrics port
+METRICS_PORT_VARIABLE = "LATIGO_METRICS__PORT"
 # seconds a child gets to exit after SIGTERM before it is killed
 CHILD_GRACE_S = 45.0
 # a child that dies sooner than this after starting is not restarted in a tight loop
@@ -78,12 +81,23 @@ def run_scheduler(parts: Components, *, once: bool = False) -> None:
         finally:
             leadership.release()
         return
+    metrics.serve(parts.config.metrics.host, parts.config.metrics.port)
+
+    def observe(report: TickReport) -> None:
+        """The leader measures what the whole service is doing: queue, dead letters, lags."""
+        if not report.leader:
+            return
+        metrics.QUEUE_DEPTH.set(parts.queue.depth())
+        metrics.DEAD_LETTERS.set(status.dead_letter_count(parts.engine))
+        metrics.observe_lags(status.lags(parts.engine, report.now, report.now - parts.config.schedule.catch_up))
+
     with stop_on_signals() as stop:
-        scheduler.run(stop)
+        scheduler.run(stop, after_tick=observe)
 
 
 def run_executor(parts: Components, *, max_tasks: int | None = None, until_idle: bool = False) -> int:
     executor = Executor(parts)
+    metrics.serve(parts.config.metrics.host, parts.config.metrics.port)
     with stop_on_signals() as stop:
         # closing the queue wakes a receive() that is waiting for work
         threading.Thread(target=lambda: (stop.wait(), parts.queue.close()), daemon=True).start()
@@ -101,20 +115,25 @@ def run_executor(parts: Components, *, max_tasks: int | None = None, until_idle:
 class Child:
     name: str
     command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     started: float = field(default=0.0)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command)
+        self.process = subprocess.Popen(self.command, env={**os.environ, **self.env})
         self.started = monotonic()
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
 
-def run_service(executors: int, extra_args: list[str] | None = None) -> int:
-    """The scheduler and ``executors`` executors as children; restart any that dies."""
-    base = [sys.executable, "-m", "latigo", *(extra_args or [])]
-    children = [Child("scheduler", [*base, "scheduler"])]
-    children += [Child(f"executor-{number}", [*base, "executor"]) for number in range(1, executors + 1)]
+def run_service(executors: int, metrics_port: int | None = None) -> int:
+    """The scheduler and ``executors`` executors as children; restart any that dies. Each
+    child serves its metrics on its own port, numbered up from ``metrics_port``."""
+    base = [sys.executable, "-m", "latigo"]
+    roles = [("scheduler", "scheduler")] + [(f"executor-{number}", "executor") for number in range(1, executors + 1)]
+    children = [
+        Child(name, [*base, role], {} if not metrics_port else {METRICS_PORT_VARIABLE: str(metrics_port + offset)})
+        for offset, (name, role) in enumerate(roles)
+    ]
     with stop_on_signals() as stop:
         for child in children:
             child.start()

@@ -110,3 +110,15 @@ def prediction_duplicates(engine: Engine) -> int:
     query = select(func.count()).select_from(select(*key).group_by(*key).having(func.count() > 1).subquery())
     with engine.connect() as connection:
         return connection.execute(query).scalar_one()
+
+
+def lags(engine: Engine, now: datetime, since: datetime) -> list[tuple[str, str, float]]:
+    """Seconds since the end of each model's newest done window, for models with a done
+    window ending after ``since`` (the recent part of the ledger, so the query stays cheap)."""
+    query = (
+        select(ledger.c.project, ledger.c.model, func.max(ledger.c.window_end))
+        .where(ledger.c.state == State.DONE, ledger.c.window_end >= since)
+        .group_by(ledger.c.project, ledger.c.model)
+    )
+    with engine.connect() as connection:
+        return [(project, model, (now - end).total_seconds()) for project, model, end in connection.execute(query)]

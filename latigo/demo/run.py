@@ -49,7 +49,7 @@ def run_demo(config: Config, history: timedelta | None) -> int:
         live = LiveFeed(parts.sensors, now, parts.clock)
         live.start()
         threading.Thread(target=_progress, args=(parts, stop_progress), daemon=True).start()
-        return run_service(config.run.executors)
+        return run_service(config.run.executors, config.metrics.port)
     finally:
         stop_progress.set()
         if live is not None:

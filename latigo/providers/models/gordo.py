@@ -23,6 +23,7 @@ from latigo.cache import TtlCache
 from latigo.clock import Clock, system_clock
 from latigo.config import GordoConfig
 from latigo.errors import PermanentError, RevisionGone, TransientError
+from latigo.metrics import GORDO_CLIENT_SECONDS, GORDO_SERVER_SECONDS
 from latigo.providers.models import ModelExecutionProvider, ModelInformationProvider, ModelMetadata
 
 # HTTP statuses worth retrying
@@ -75,6 +76,19 @@ def _quote(response: requests.Response) -> str:
     if "html" in response.headers.get("Content-Type", ""):
         text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)).strip()
     return text
+
+
+def server_seconds(response: requests.Response) -> float | None:
+    """Gordo's own time for a request, from its ``Server-Timing: request_walltime_s;dur=...``."""
+    match = re.search(r"request_walltime_s;dur=([0-9.eE+-]+)", response.headers.get("Server-Timing", ""))
+    return float(match.group(1)) if match else None
+
+
+def _observe_timing(response: requests.Response) -> None:
+    GORDO_CLIENT_SECONDS.observe(response.elapsed.total_seconds())
+    seconds = server_seconds(response)
+    if seconds is not None:
+        GORDO_SERVER_SECONDS.observe(seconds)
 
 
 def _parquet(frame: pd.DataFrame) -> bytes:
@@ -201,6 +215,7 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
         )
         if response.status_code == 422:
             return None
+        _observe_timing(response)
         if response.headers.get("Content-Type", "") != "application/octet-stream":
             raise PermanentError(
                 f"{what}: expected a parquet answer, got "
