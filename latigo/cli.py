@@ -147,19 +147,44 @@ def models(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.option("--failures", type=click.IntRange(min=0), default=10, show_default=True, help="recent failures shown")
 @click.pass_context
-def status(ctx: click.Context) -> None:
-    """Windows per state, freshness and dead letters, per model."""
+def status(ctx: click.Context, as_json: bool, failures: int) -> None:
+    """Windows per state, freshness, recent failures and dead letters, per model."""
+    import json
+
+    import pandas as pd
+
     from latigo import status as report
 
     parts = _components(ctx)
-    statuses = report.model_statuses(parts.engine, parts.config.schedule.interval)
+    try:
+        now = parts.clock()
+        statuses = report.model_statuses(parts.engine, parts.config.schedule.interval)
+        recent = report.recent_failures(parts.engine, failures)
+        document = report.status_document(
+            statuses, recent, report.dead_letter_count(parts.engine), parts.queue.depth(), now
+        )
+    finally:
+        parts.close()
+    if as_json:
+        click.echo(json.dumps(document, indent=2))
+        return
     if not statuses:
         click.echo("no windows planned yet")
     else:
-        click.echo(report.status_table(statuses, parts.clock()).to_string(index=False))
-    click.echo(f"dead letters: {report.dead_letter_count(parts.engine)}; queue depth: {parts.queue.depth()}")
-    parts.close()
+        with pd.option_context("display.width", 200, "display.max_rows", 10_000):
+            click.echo(report.status_table(statuses, now).to_string(index=False))
+    if recent:
+        click.echo("\nrecent failures:")
+        for failure in recent:
+            click.echo(
+                f"  {failure.updated_at:%Y-%m-%d %H:%M} {failure.project}/{failure.model} "
+                f"{failure.window_start:%Y-%m-%d %H:%M} {failure.state} ({failure.attempts} attempts): "
+                f"{failure.error[:200]}"
+            )
+    click.echo(f"\ndead letters: {document['dead_letters']}; queue depth: {document['queue_depth']}")
 
 
 @main.command()

@@ -122,3 +122,54 @@ def lags(engine: Engine, now: datetime, since: datetime) -> list[tuple[str, str,
     )
     with engine.connect() as connection:
         return [(project, model, (now - end).total_seconds()) for project, model, end in connection.execute(query)]
+
+
+@dataclass(frozen=True)
+class Failure:
+    project: str
+    model: str
+    window_start: datetime
+    state: str
+    attempts: int
+    error: str
+    updated_at: datetime
+
+
+def recent_failures(engine: Engine, limit: int = 10) -> list[Failure]:
+    """The windows that failed or died most recently, with their last error."""
+    query = (
+        select(ledger.c.project, ledger.c.model, ledger.c.window_start, ledger.c.state, ledger.c.attempts,
+               ledger.c.last_error, ledger.c.updated_at)
+        .where(ledger.c.state.in_([State.FAILED, State.DEAD]))
+        .order_by(ledger.c.updated_at.desc())
+        .limit(limit)
+    )
+    with engine.connect() as connection:
+        return [Failure(*row[:5], row.last_error or "", row.updated_at) for row in connection.execute(query)]
+
+
+def status_document(statuses: list[ModelStatus], failures: list[Failure], dead_letters: int, depth: int,
+                    now: datetime) -> dict:
+    """Everything ``latigo status`` shows, as JSON-ready data."""
+    return {
+        "now": now.isoformat(),
+        "models": [
+            {
+                "project": status.project,
+                "model": status.model,
+                "states": {state.value: status.states.get(state, 0) for state in State},
+                "missing": status.missing,
+                "newest_done_end": status.newest_done_end.isoformat() if status.newest_done_end else None,
+                "lag_seconds": status.lag(now).total_seconds() if status.newest_done_end else None,
+                "last_error": status.last_error,
+            }
+            for status in statuses
+        ],
+        "recent_failures": [
+            {"project": f.project, "model": f.model, "window_start": f.window_start.isoformat(), "state": f.state,
+             "attempts": f.attempts, "error": f.error, "updated_at": f.updated_at.isoformat()}
+            for f in failures
+        ],
+        "dead_letters": dead_letters,
+        "queue_depth": depth,
+    }
