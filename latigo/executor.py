@@ -15,7 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import timedelta
 from time import monotonic
 
-from latigo import frames
+from latigo import frames, logs
 from latigo.components import Components
 from latigo.errors import MalformedTask, PermanentError, RevisionGone, TransientError
 from latigo.ledger import State
@@ -100,6 +100,14 @@ class Executor:
             parts.ledger.dead_letter(message.body, "malformed", str(error), message.deliveries)
             parts.queue.ack(message)
             return State.DEAD
+        with logs.task_context(
+            task_id=str(task.id), project=task.project, model=task.model, window_start=task.start.isoformat(),
+            window_end=task.end.isoformat(), revision=task.revision,
+        ):
+            return self._run(message, task)
+
+    def _run(self, message: Message, task: Task) -> State:
+        parts = self._parts
         started = monotonic()
         try:
             state, note = self.process(task)

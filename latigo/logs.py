@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
 
 from latigo.config import LoggingConfig
 
@@ -12,8 +15,22 @@ from latigo.config import LoggingConfig
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(process)d %(name)s: %(message)s"
 
 
+# the task the current thread works on, for every log line it writes
+_TASK: ContextVar[dict[str, str] | None] = ContextVar("latigo_task", default=None)
+
+
+@contextmanager
+def task_context(**fields: str) -> Iterator[None]:
+    """Attach the task's identity (id, project, model, window) to log lines written inside."""
+    token = _TASK.set(fields)
+    try:
+        yield
+    finally:
+        _TASK.reset(token)
+
+
 class JsonLines(logging.Formatter):
-    """One JSON object per line, for log collectors."""
+    """One JSON object per line, for log collectors, with the task's fields when there is one."""
 
     def format(self, record: logging.LogRecord) -> str:
         document = {
@@ -21,7 +38,9 @@ class JsonLines(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "pid": record.process,
+            "thread": record.threadName,
             "message": record.getMessage(),
+            **(_TASK.get() or {}),
         }
         if record.exc_info:
             document["exception"] = self.formatException(record.exc_info)

@@ -116,3 +116,29 @@ def test_latigo_run_children_serve_their_own_ports(tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
+
+
+def test_json_log_lines_carry_the_task(tmp_path, gordo_server, capsys):
+    """One JSON object per line, with the task's identity on the executor's lines."""
+    import json
+    import logging
+
+    from latigo import logs
+    from latigo.config import LoggingConfig
+
+    logs.configure(LoggingConfig(level="INFO", json_lines=True))
+    clock = Clock(NOW)
+    parts = build(make_config(f"sqlite:///{tmp_path}/latigo.db", gordo_server.base_url), clock=clock)
+    try:
+        feed(parts.sensors, NOW - timedelta(hours=2), NOW)
+        Scheduler(parts.config, parts.model_info, parts.ledger, parts.queue, clock).tick()
+        Executor(parts).run(threading.Event(), until_idle=True)
+    finally:
+        parts.close()
+        logging.getLogger().handlers.clear()
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    done = [line for line in lines if line["logger"] == "latigo.executor" and " done in " in line["message"]]
+    assert done and all({"task_id", "project", "model", "window_start", "revision"} <= set(line) for line in done)
+    assert {line["model"] for line in done} == set(gordo_server.models)
+    ticks = [line for line in lines if line["message"].startswith("tick:")]
+    assert ticks and "task_id" not in ticks[0]  # no task, no task fields
