@@ -194,6 +194,7 @@ class Executor:
                     HEALTH.ready = False
                     log.exception("receiving from the queue failed; trying again")
                     stop.wait(RECEIVE_WAIT.total_seconds())
+                    in_flight = self._collect({future for future in in_flight if future.done()}, in_flight)
                     continue
                 in_flight |= {pool.submit(self.handle, message) for message in messages}
                 in_flight = self._collect({future for future in in_flight if future.done()}, in_flight)

@@ -10,13 +10,17 @@ parquet both ways (JSON is ~40x slower on large frames).
 from __future__ import annotations
 
 import io
+import json
 import re
 import threading
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from time import monotonic
+from typing import Any, Mapping
 
 import pandas as pd
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from latigo.cache import TtlCache
@@ -30,6 +34,8 @@ from latigo.providers.models import ModelExecutionProvider, ModelInformationProv
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 # longest piece of an error body quoted in an error message
 BODY_QUOTE = 300
+# bytes asked for per read of an answer
+READ_CHUNK = 1 << 16
 # pandas' current spelling of the frequency aliases older Gordo metadata uses ("10T")
 _LEGACY_FREQUENCIES = {"T": "min", "H": "h", "S": "s", "L": "ms", "U": "us", "N": "ns"}
 
@@ -71,22 +77,47 @@ def _tag_name(tag: Any) -> str:
     return tag["name"] if isinstance(tag, dict) else str(tag)
 
 
-def _quote(response: requests.Response) -> str:
-    text = response.text[:BODY_QUOTE] if response.content else ""
-    if "html" in response.headers.get("Content-Type", ""):
-        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)).strip()
-    return text
+@dataclass(frozen=True)
+class Answer:
+    """Gordo's whole answer, read within the call's time limit."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    # the call's wall time as Latigo saw it, seconds
+    seconds: float
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "")
+
+    def quote(self) -> str:
+        """The start of the body for an error message; HTML reduced to its text."""
+        text = self.body[:BODY_QUOTE].decode("utf-8", "replace")
+        if "html" in self.content_type:
+            text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)).strip()
+        return text
+
+    def server_seconds(self) -> float | None:
+        """Gordo's own time, from its ``Server-Timing: request_walltime_s;dur=...`` header."""
+        match = re.search(r"request_walltime_s;dur=([0-9.eE+-]+)", self.headers.get("Server-Timing", ""))
+        return float(match.group(1)) if match else None
 
 
-def server_seconds(response: requests.Response) -> float | None:
-    """Gordo's own time for a request, from its ``Server-Timing: request_walltime_s;dur=...``."""
-    match = re.search(r"request_walltime_s;dur=([0-9.eE+-]+)", response.headers.get("Server-Timing", ""))
-    return float(match.group(1)) if match else None
+def _read_within(response: requests.Response, deadline: float, what: str) -> bytes:
+    """The body, as it arrives, but never past ``deadline``: a read timeout bounds each
+    wait for bytes, and a server dripping one byte at a time would never trip it."""
+    chunks = []
+    while chunk := response.raw.read1(READ_CHUNK, decode_content=True):
+        chunks.append(chunk)
+        if monotonic() > deadline:
+            raise TransientError(f"{what}: Gordo's answer did not arrive within the call's time limit")
+    return b"".join(chunks)
 
 
-def _observe_timing(response: requests.Response) -> None:
-    GORDO_CLIENT_SECONDS.observe(response.elapsed.total_seconds())
-    seconds = server_seconds(response)
+def _observe_timing(answer: Answer) -> None:
+    GORDO_CLIENT_SECONDS.observe(answer.seconds)
+    seconds = answer.server_seconds()
     if seconds is not None:
         GORDO_SERVER_SECONDS.observe(seconds)
 
@@ -101,6 +132,8 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
     def __init__(self, config: GordoConfig, clock: Clock = system_clock, auth_http_client: Any = None) -> None:
         self._base = config.base_url.rstrip("/")
         self._timeout = (config.connect_timeout, config.read_timeout)
+        # a whole call, answer included, ends within this many seconds
+        self._call_limit = config.connect_timeout + config.read_timeout
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.max_concurrency, max_retries=0)
         self._session.mount("http://", adapter)
@@ -119,39 +152,43 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
 
     def _call(
         self, method: str, path: str, what: str, *, passthrough: frozenset[int] = frozenset(), **kwargs: Any
-    ) -> requests.Response:
-        """One request; statuses in ``passthrough`` are returned for the caller to decide."""
+    ) -> Answer:
+        """One request, answer included, within connect + read timeout; statuses in
+        ``passthrough`` are returned for the caller to decide."""
         url = f"{self._base}/gordo/v0/{path}"
+        started = monotonic()
         try:
             with self._slots:
-                response = self._session.request(method, url, timeout=self._timeout, **kwargs)
+                with self._session.request(method, url, timeout=self._timeout, stream=True, **kwargs) as response:
+                    body = _read_within(response, started + self._call_limit, what)
         except requests.Timeout as error:
             raise TransientError(f"{what}: Gordo timed out ({error.__class__.__name__})") from None
-        except requests.ConnectionError as error:
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
             raise TransientError(f"{what}: cannot reach Gordo at {self._base}: {error.__class__.__name__}") from None
+        except urllib3.exceptions.HTTPError as error:  # while reading the body: cut short, timed out
+            raise TransientError(f"{what}: Gordo's answer broke off: {error.__class__.__name__}") from None
         except requests.RequestException as error:
             raise PermanentError(f"{what}: bad request to Gordo: {error}") from None
-        status = response.status_code
+        answer = Answer(response.status_code, response.headers, body, monotonic() - started)
+        status = answer.status
         if status in passthrough:
-            return response
+            return answer
         if status == 410:
-            raise RevisionGone(f"{what}: revision gone (410): {_quote(response)}")
+            raise RevisionGone(f"{what}: revision gone (410): {answer.quote()}")
         if status in TRANSIENT_STATUSES:
-            raise TransientError(f"{what}: Gordo answered {status}: {_quote(response)}")
+            raise TransientError(f"{what}: Gordo answered {status}: {answer.quote()}")
         if status >= 400:
-            raise PermanentError(f"{what}: Gordo answered {status}: {_quote(response)}")
-        return response
+            raise PermanentError(f"{what}: Gordo answered {status}: {answer.quote()}")
+        return answer
 
     def _json(self, path: str, what: str, **params: str) -> dict[str, Any]:
-        response = self._call("GET", path, what, params=params or None)
-        if "json" not in response.headers.get("Content-Type", ""):
-            raise PermanentError(
-                f"{what}: expected JSON, got {response.headers.get('Content-Type', 'no content type')}: {_quote(response)}"
-            )
+        answer = self._call("GET", path, what, params=params or None)
+        if "json" not in answer.content_type:
+            raise PermanentError(f"{what}: expected JSON, got {answer.content_type or 'no content type'}: {answer.quote()}")
         try:
-            document = response.json()
+            document = json.loads(answer.body)
         except ValueError:
-            raise PermanentError(f"{what}: invalid JSON: {_quote(response)}") from None
+            raise PermanentError(f"{what}: invalid JSON: {answer.quote()}") from None
         if not isinstance(document, dict):
             raise PermanentError(f"{what}: expected a JSON object")
         return document
@@ -205,7 +242,7 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
         """Gordo's answer, or None when the anomaly endpoint says the model has no anomaly part."""
         what = f"{metadata.project}/{metadata.model}@{metadata.revision}: {endpoint}"
         anomaly = endpoint.startswith("anomaly")
-        response = self._call(
+        answer = self._call(
             "POST",
             f"{metadata.project}/{metadata.model}/{endpoint}",
             what,
@@ -213,16 +250,15 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
             params={"format": "parquet", "revision": metadata.revision},
             files={"X": ("X", _parquet(X)), "y": ("y", _parquet(y))},
         )
-        if response.status_code == 422:
+        if answer.status == 422:
             return None
-        _observe_timing(response)
-        if response.headers.get("Content-Type", "") != "application/octet-stream":
+        _observe_timing(answer)
+        if answer.content_type != "application/octet-stream":
             raise PermanentError(
-                f"{what}: expected a parquet answer, got "
-                f"{response.headers.get('Content-Type', 'no content type')}: {_quote(response)}"
+                f"{what}: expected a parquet answer, got {answer.content_type or 'no content type'}: {answer.quote()}"
             )
         try:
-            frame = pd.read_parquet(io.BytesIO(response.content))
+            frame = pd.read_parquet(io.BytesIO(answer.body))
         except Exception as error:  # pyarrow raises several unrelated types for bad bytes
             raise PermanentError(f"{what}: answer is not parquet: {error}") from None
         if not isinstance(frame.columns, pd.MultiIndex) or not isinstance(frame.index, pd.DatetimeIndex):
