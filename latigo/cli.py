@@ -384,5 +384,33 @@ def backfill(
         sys.exit(1)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True,
+              help="port to listen on (0: any free one)")
+@click.pass_context
+def web(ctx: click.Context, host: str, port: int) -> None:
+    """Serve the status page: a heatmap of models by recent windows, a chart per model,
+    and /api/status.json; until SIGTERM or Ctrl-C."""
+    from latigo import web as status_page
+    from latigo.service import stop_on_signals
+
+    parts = _components(ctx)
+    try:
+        app = status_page.StatusApp(parts.engine, parts.config, parts.clock)
+        try:
+            server = status_page.serve(app, host, port)
+        except OSError as error:
+            click.echo(f"latigo: cannot listen on {host}:{port}: {error.strerror}", err=True)
+            ctx.exit(1)
+        click.echo(f"status page on http://{host}:{server.server_port}/ (Ctrl-C stops)", err=True)
+        with stop_on_signals() as stop:
+            stop.wait()
+        server.shutdown()
+        server.server_close()
+    finally:
+        parts.close()
+
+
 if __name__ == "__main__":
     main()
