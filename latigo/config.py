@@ -234,6 +234,8 @@ class ExecutorConfig(Section):
 
     concurrency: int = Field(2, ge=1)
     max_attempts: int = Field(5, ge=1)
+    # deliveries without any outcome (the executor died each time) before a task is dead-lettered
+    max_deliveries: int = Field(20, ge=1)
     retry_base: Duration = timedelta(seconds=2)
     retry_max: Duration = timedelta(minutes=5)
     task_deadline: Duration = timedelta(minutes=10)

@@ -108,6 +108,14 @@ class Executor:
 
     def _run(self, message: Message, task: Task) -> State:
         parts = self._parts
+        if message.deliveries > self._settings.max_deliveries:
+            # every earlier delivery ended without an outcome: the task kills its executor
+            # (out of memory, a crash in a native library); stop it before it kills more
+            error = f"delivered {message.deliveries} times without an outcome: does it crash its executor?"
+            log.error("task %s %s %s: %s", task.id, task.key, task.window, error)
+            parts.ledger.dead_letter(message.body, "poison", error, message.deliveries, task)
+            parts.queue.ack(message)
+            return State.DEAD
         started = monotonic()
         try:
             state, note = self.process(task)
@@ -135,9 +143,10 @@ class Executor:
         parts = self._parts
         reason = f"{error.__class__.__name__}: {error}"
         TASK_FAILURES.labels(error.__class__.__name__).inc()
-        # the ledger counts attempts across queue backends; a queue's own delivery count
-        # also covers tasks whose windows were never planned (published by hand, replayed)
-        attempts = max(parts.ledger.fail(task, reason), message.deliveries, task.attempt)
+        # the ledger counts failed attempts, whatever the queue; for a task whose windows
+        # were never planned (published by hand) the queue's delivery count stands in. An
+        # executor killed mid-task is no failed attempt: only recorded failures count.
+        attempts = parts.ledger.fail(task, reason) or max(message.deliveries, task.attempt)
         if attempts >= self._settings.max_attempts:
             log.error("task %s %s %s gave up after %d attempts: %s", task.id, task.key, task.window, attempts, reason)
             parts.ledger.dead_letter(message.body, "exhausted", reason, attempts, task)

@@ -118,3 +118,43 @@ def test_the_dlq_commands(tmp_path, gordo_server, clock):
     dropped = latigo("replay", "--all", "--drop-malformed")
     assert "dropped 1 malformed" in dropped.stdout
     assert "no dead letters" in latigo("list").stdout
+
+
+def test_a_task_that_keeps_killing_its_executor_is_dead_lettered_as_poison(tmp_path, gordo_server, clock):
+    """Each delivery's executor died before recording anything (simulated by letting the
+    lease run out); past max_deliveries the next one dead-letters it instead of running it."""
+    parts = build(make_config(f"sqlite:///{tmp_path}/latigo.db", gordo_server.base_url, max_deliveries=3), clock=clock)
+    try:
+        task = window_task("pump-1", gordo_server.revision, 2)
+        plan(parts, task)
+        parts.queue.publish([task.to_json()])
+        for _ in range(3):  # three executors took it and died
+            [message] = parts.queue.receive(1, timedelta(0))
+            clock.advance(timedelta(minutes=16))  # the lease (15 min) runs out
+        [message] = parts.queue.receive(1, timedelta(0))
+        assert message.deliveries == 4
+        assert Executor(parts).handle(message).value == "dead"
+        [letter] = dlq.letters(parts.engine)
+        assert letter.reason == "poison" and "delivered 4 times" in letter.error
+        with parts.engine.connect() as connection:
+            assert connection.execute(select(ledger.c.state)).scalar() == State.DEAD
+        assert parts.queue.depth() == 0
+    finally:
+        parts.close()
+
+
+def test_kills_are_not_failed_attempts(tmp_path, clock):
+    """A task interrupted twice and then failing once has had one failed attempt, not three."""
+    parts = build(make_config(f"sqlite:///{tmp_path}/latigo.db", "http://127.0.0.1:9", max_attempts=2), clock=clock)
+    try:
+        task = window_task("pump-1", "1", 2)
+        plan(parts, task)
+        parts.queue.publish([task.to_json()])
+        for _ in range(2):
+            parts.queue.receive(1, timedelta(0))
+            clock.advance(timedelta(minutes=16))
+        [message] = parts.queue.receive(1, timedelta(0))
+        assert Executor(parts).handle(message) == State.FAILED  # attempt 1 of 2: retried, not given up
+        assert dlq.letters(parts.engine) == []
+    finally:
+        parts.close()
