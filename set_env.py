@@ -39,6 +39,8 @@ def flatten(document: dict, prefix: str = ENV_PREFIX) -> dict[str, str]:
     variables = {}
     for key, value in document.items():
         name = f"{prefix}{key.upper()}"
+        if value is None:  # null: the default holds, and no variable can say null
+            continue
         if isinstance(value, dict) and prefix == ENV_PREFIX:
             variables.update(flatten(value, name + ENV_NESTING))
         elif isinstance(value, (dict, list)):

@@ -51,4 +51,4 @@ def test_a_bad_file_is_refused_naming_the_key(tmp_path):
     (tmp_path / "local_config.yaml").write_text("queue:\n  type: rabbitmq\n")
     result = run(tmp_path)
     assert result.returncode == 2
-    assert "queue.type" in result.stderr and result.stdout == ""
+    assert "queue: Input tag 'rabbitmq'" in result.stderr and result.stdout == ""
