@@ -45,6 +45,7 @@ from latigo.schema import ledger, predictions, task_queue
 from latigo.status import prediction_duplicates
 from latigo.task import Task
 from latigo.window import Grid, Window
+from tests.clock import Clock
 
 UTC = timezone.utc
 # the tests' fixed "now"; the demo data is defined for any time
@@ -59,17 +60,6 @@ TASK_SPAN = timedelta(hours=1)
 OLD_REVISION = "1"
 # how many times a test lets the scheduler and executors work before it calls it a hang
 MAX_ROUNDS = 10
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
 
 
 @pytest.fixture

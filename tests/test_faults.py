@@ -30,6 +30,7 @@ from latigo.scheduler import Scheduler
 from latigo.schema import dead_letters, ledger, predictions
 from latigo.status import prediction_duplicates
 from latigo.task import Task
+from tests.clock import Clock
 from tests.fault_proxy import FAULTS, TRANSIENT_FAULTS, FaultProxy, Plan, always, seeded
 
 pytestmark = pytest.mark.integration
@@ -54,17 +55,6 @@ SIGNATURES = {
 }
 FAILING_TRANSIENT = ("error_500", "error_503", "reset", "hang")
 UNSETTLED = (State.PLANNED, State.QUEUED, State.FAILED)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
 
 
 def make_config(database_url: str, gordo_url: str, backfill: str, **executor: object) -> Config:

@@ -24,6 +24,7 @@ from latigo.scheduler import Scheduler
 from latigo.schema import dead_letters, ledger, predictions
 from latigo.status import prediction_duplicates
 from latigo.task import Task
+from tests.clock import Clock
 
 # the moment the tests' clock starts at: any time works, the demo data is defined for all
 NOW = datetime(2026, 3, 2, 12, 7, tzinfo=timezone.utc)
@@ -32,17 +33,6 @@ ANOMALY_GROUPS = {
     "model-input", "model-output", "tag-anomaly-scaled", "tag-anomaly-unscaled", "total-anomaly-scaled",
     "total-anomaly-unscaled", "anomaly-confidence", "total-anomaly-confidence",
 }
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
 
 
 @pytest.fixture
