@@ -27,7 +27,8 @@ from latigo.components import build
 from latigo.config import AzureAdConfig, GordoConfig
 from latigo.errors import PermanentError, TransientError
 from latigo.providers.models.gordo import GordoModels
-from tests.test_pipeline import NOW, Clock, make_config
+from tests.clock import Clock
+from tests.test_pipeline import NOW, make_config
 
 # what must never show anywhere
 SECRET = "s3cr3t-Client-Value-never-log-me"

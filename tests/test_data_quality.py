@@ -26,7 +26,8 @@ from latigo.executor import Executor
 from latigo.ledger import PlannedWindow, State
 from latigo.schema import dead_letters, ledger, predictions
 from latigo.task import Task
-from tests.test_pipeline import NOW, Clock, make_config
+from tests.clock import Clock
+from tests.test_pipeline import NOW, make_config
 
 START = NOW.replace(minute=0) - timedelta(hours=1)
 WINDOW_END = START + timedelta(minutes=30)

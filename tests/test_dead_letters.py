@@ -19,7 +19,8 @@ from latigo.executor import Executor
 from latigo.ledger import PlannedWindow, State
 from latigo.schema import ledger, predictions
 from latigo.task import Task
-from tests.test_pipeline import NOW, Clock, make_config
+from tests.clock import Clock
+from tests.test_pipeline import NOW, make_config
 
 HOUR = NOW.replace(minute=0)
 

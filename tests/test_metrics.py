@@ -20,7 +20,8 @@ from latigo.components import build
 from latigo.demo.feeder import feed
 from latigo.executor import Executor
 from latigo.scheduler import Scheduler
-from tests.test_pipeline import NOW, Clock, make_config
+from tests.clock import Clock
+from tests.test_pipeline import NOW, make_config
 
 # how long a process may take to start serving
 START_BOUND_S = 60

@@ -25,7 +25,8 @@ from latigo.scheduler import Scheduler, TickReport
 from latigo.schema import ledger, predictions
 from latigo.task import Task
 from latigo.window import Grid
-from tests.test_pipeline import NOW, Clock
+from tests.clock import Clock
+from tests.test_pipeline import NOW
 
 HALF_HOUR = timedelta(minutes=30)
 GRID = Grid(HALF_HOUR)

@@ -47,7 +47,7 @@ from latigo.schema import ledger, predictions, sensor_data
 from latigo.task import Task
 from latigo.web import Cell
 from latigo.window import Grid, Window
-from tests.test_pipeline import Clock
+from tests.clock import Clock
 
 UTC = timezone.utc
 # the repository, where the screenshots are kept for the README
