@@ -123,3 +123,37 @@ scheduler_leader = Table(
     Column("holder", String(200), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
 )
+
+# length of an Event Hubs namespace's host name (a DNS name)
+NAMESPACE = 255
+# length of an Event Hubs partition id and an event offset (digits)
+PARTITION_ID = 64
+# length of a partition owner's id (a UUID, or "" once released) and of an ownership etag
+OWNER = 64
+
+# which Latigo executor (EventHubQueue) receives which partition of an event hub, claimed
+# with optimistic concurrency: a claim succeeds only with the etag it last read
+eventhub_ownership = Table(
+    "eventhub_ownership",
+    metadata,
+    Column("namespace", String(NAMESPACE), primary_key=True),
+    Column("eventhub", String(NAME), primary_key=True),
+    Column("consumer_group", String(NAME), primary_key=True),
+    Column("partition_id", String(PARTITION_ID), primary_key=True),
+    Column("owner_id", String(OWNER), nullable=False),
+    Column("etag", String(OWNER), nullable=False),
+    Column("last_modified", UTCDateTime(), nullable=False),
+)
+
+# per partition, the last event whose task (and every earlier one's) is handled
+eventhub_checkpoints = Table(
+    "eventhub_checkpoints",
+    metadata,
+    Column("namespace", String(NAMESPACE), primary_key=True),
+    Column("eventhub", String(NAME), primary_key=True),
+    Column("consumer_group", String(NAME), primary_key=True),
+    Column("partition_id", String(PARTITION_ID), primary_key=True),
+    Column("event_offset", String(PARTITION_ID)),
+    Column("sequence_number", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
