@@ -68,6 +68,8 @@ ledger = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_ledger_state", "state"),
+    # recent windows across models: status, lags, the status page, the scheduler's watermarks
+    Index("ix_ledger_window_start", "window_start"),
 )
 
 task_queue = Table(
