@@ -40,6 +40,8 @@ ENV_PREFIX = "LATIGO_"
 # separator between nesting levels in those variables
 ENV_NESTING = "__"
 
+# max.poll.interval.ms the kafka queue uses unless queue.options says otherwise (15 minutes)
+KAFKA_MAX_POLL_MS = 900_000
 # units accepted in compact durations such as "30m" or "7d"
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -228,6 +230,12 @@ class EventHubQueueConfig(Section):
     consumer_group: str = "$Default"
     poll_interval: Duration = timedelta(seconds=1)
 
+    @model_validator(mode="after")
+    def _connected(self) -> EventHubQueueConfig:
+        if not self.connection_string.get_secret_value():
+            raise ValueError("connection_string is required for the eventhub queue")
+        return self
+
 
 class ExecutorConfig(Section):
     """How executors work through tasks."""
@@ -305,6 +313,13 @@ class Config(BaseSettings):
                 f"queue.lease ({self.queue.lease}) must be longer than executor.task_deadline "
                 f"({self.executor.task_deadline}), or tasks still running are delivered twice"
             )
+        if isinstance(self.queue, KafkaQueueConfig):
+            poll = timedelta(milliseconds=int(self.queue.options.get("max.poll.interval.ms", KAFKA_MAX_POLL_MS)))
+            if poll <= self.executor.task_deadline:
+                raise ValueError(
+                    f"queue.options max.poll.interval.ms ({poll}) must be longer than executor.task_deadline "
+                    f"({self.executor.task_deadline}): an executor whose slots are all busy does not poll"
+                )
         call = timedelta(seconds=self.models.connect_timeout + self.models.read_timeout)
         if call >= self.executor.task_deadline:
             raise ValueError(

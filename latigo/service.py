@@ -99,8 +99,8 @@ def run_executor(parts: Components, *, max_tasks: int | None = None, until_idle:
     executor = Executor(parts)
     metrics.serve(parts.config.metrics.host, parts.config.metrics.port)
     with stop_on_signals() as stop:
-        # closing the queue wakes a receive() that is waiting for work
-        threading.Thread(target=lambda: (stop.wait(), parts.queue.close()), daemon=True).start()
+        # wakes a receive() that is waiting; tasks in hand still acknowledge; parts.close() closes the queue
+        threading.Thread(target=lambda: (stop.wait(), parts.queue.stop_receiving()), daemon=True).start()
         handled = executor.run(stop, max_tasks=max_tasks, until_idle=until_idle)
     if executor.unfinished:
         # their threads cannot be interrupted; leave them, their leases will run out and the

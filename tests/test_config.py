@@ -75,6 +75,8 @@ def test_environment_overrides_the_file(tmp_path, monkeypatch):
         ("executor:\n  concurrency: 0\n", "executor.concurrency"),
         ("queue:\n  lease: 1m\n", "queue.lease"),
         ("models:\n  read_timeout: 900\n", "must be shorter than executor.task_deadline"),
+        ("queue:\n  type: eventhub\n", "connection_string is required"),
+        ("queue:\n  type: kafka\n  options: {max.poll.interval.ms: '10000'}\n", "max.poll.interval.ms"),
         ("storage: {}\n", "storage: Extra inputs are not permitted"),
         ("- a list\n", "top level must be a mapping"),
         ("schedule: [unclosed\n", "not valid YAML"),

@@ -39,7 +39,7 @@ from latigo.queues.kafka import KafkaQueue, client_settings, event_hubs_settings
 from latigo.queues.partitions import DELIVERIES, NOT_BEFORE, PartitionTracker, read_marks, retry_marks
 from latigo.schema import dead_letters, ledger, predictions
 from latigo.window import Grid
-from tests.kafka_fixture import FAST_GROUP, kafka_broker  # noqa: F401  (until conftest.py imports it)
+from tests.kafka_fixture import FAST_GROUP
 from tests.postgres_fixture import free_port
 
 # a connection string as the Azure portal shows it (the key is made up)
@@ -326,12 +326,12 @@ def _write_config(path: Path, database: str, gordo_url: str, queue: KafkaQueueCo
     options = ", ".join(f"'{name}': '{value}'" for name, value in queue.options.items())
     path.write_text(
         f"database: {{url: '{database}'}}\n"
-        f"models: {{base_url: '{gordo_url}', projects: [demo], read_timeout: 20}}\n"
+        f"models: {{base_url: '{gordo_url}', projects: [demo], read_timeout: 5}}\n"
         f"schedule: {{initial_backfill: {int(BACKFILL.total_seconds())}s, max_task_span: 30m}}\n"
         f"queue: {{type: kafka, bootstrap_servers: '{queue.bootstrap_servers}', topic: {queue.topic}, "
         f"group_id: {queue.group_id}, partitions: {queue.partitions}, poll_interval: 0.2s, "
         f"options: {{{options}}}}}\n"
-        "executor: {concurrency: 2, retry_base: 0.2s, retry_max: 1s}\n"
+        "executor: {concurrency: 2, retry_base: 0.2s, retry_max: 1s, task_deadline: 9s}\n"
         "metrics: {port: 0}\n"
     )
     return path

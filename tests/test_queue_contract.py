@@ -42,7 +42,6 @@ from latigo.queues.kafka import KafkaQueue
 from latigo.queues.sql import SqlQueue
 from latigo.schema import dead_letters
 from latigo.task import Task
-from tests.kafka_fixture import kafka_broker  # noqa: F401  (until conftest.py imports it)
 from tests.test_eventhub import FakeEventHub, fake_queue
 
 BACKENDS = ["sql-sqlite", "sql-postgresql", "kafka", "eventhub"]
@@ -265,19 +264,12 @@ def test_an_unacknowledged_message_among_acknowledged_ones_survives_a_restart(ba
     assert len(bodies(again)) == len(set(bodies(again))), "delivered twice to one consumer"
 
 
-def stop_receiving(queue: TaskQueue) -> None:
-    """The first step of a graceful shutdown: hand out nothing more, keep acknowledging. The
-    partitioned queues have ``stop_receiving()`` (proposed for the TaskQueue interface); the
-    SQL queue's ``close()`` is exactly that."""
-    getattr(queue, "stop_receiving", queue.close)()
-
-
 def test_messages_in_hand_are_acknowledged_after_receiving_stopped(backend: Backend) -> None:
     first = backend.consumer()
     first.publish(numbered(3), ["demo/pump-1"] * 3)
     got = receive_all(first, 3)
 
-    stop_receiving(first)
+    first.stop_receiving()
     assert first.receive(10, timedelta(seconds=0.3)) == []
     for message in reversed(got):  # the tasks in hand finish, in any order
         first.ack(message)

@@ -45,5 +45,11 @@ class TaskQueue(ABC):
     def depth(self) -> int:
         """Messages waiting or in flight (for status and metrics)."""
 
+    def stop_receiving(self) -> None:
+        """Hand out no more messages (a waiting ``receive`` returns soon); messages in hand
+        can still be acknowledged or released until ``close``. For queues whose ``close``
+        does just that, it is ``close``."""
+        self.close()
+
     def close(self) -> None:
         """Release connections."""
