@@ -59,8 +59,10 @@ rebuild-req: setup ## pin requirements.in into requirements.txt
 	$(BIN)/pip-compile --quiet --strip-extras --no-header --no-emit-index-url --no-emit-find-links \
 		--output-file requirements.txt requirements.in
 
-bench: setup ## benchmarks (see bench/): time, memory and ratios measured in the same run
+bench: gordo ## benchmarks (see bench/README.md): time, memory and ratios measured in the same run
 	$(BIN)/python -m bench.scheduler
+	$(BIN)/python -m bench.executor
+	$(BIN)/python -m bench.backfill
 
 build: ## the Docker image (needs a Docker engine)
 	docker build -t latigo:latest .

@@ -124,15 +124,17 @@ def upsert(connection: Connection, table: Table, rows: Sequence[Mapping[str, Any
 def insert_new(connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
     """Insert rows whose primary key is new, ignore the others; return the new keys."""
     keys = [column for column in table.primary_key.columns]
+    # one statement executed with many parameter sets, which SQLAlchemy sends as multi-row
+    # INSERTs itself ("insertmanyvalues"): compiling one statement with thousands of VALUES
+    # tuples cost more than the insert
+    statement = (
+        _insert(connection, table)
+        .on_conflict_do_nothing(index_elements=[key.name for key in keys])
+        .returning(*keys)
+    )
     inserted: list[Any] = []
     for chunk in _chunks(rows):
-        statement = (
-            _insert(connection, table)
-            .values(list(chunk))
-            .on_conflict_do_nothing(index_elements=[key.name for key in keys])
-            .returning(*keys)
-        )
-        inserted.extend(connection.execute(statement).all())
+        inserted.extend(connection.execute(statement, list(chunk)).all())
     return inserted
 
 

@@ -25,6 +25,7 @@ from time import monotonic
 from typing import Any, Iterator
 
 import pytest
+from pydantic import ValidationError
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.eventhub import EventData, EventDataBatch, EventHubConsumerClient, EventHubProducerClient
 from azure.eventhub._constants import PROP_OFFSET, PROP_SEQ_NUMBER, PROP_TIMESTAMP
@@ -616,8 +617,8 @@ def test_the_connection_string_is_required_and_never_shown(hub: FakeEventHub, sq
         consumer.close()
         producer.close()
         queue.close()
-    with pytest.raises(PermanentError, match="connection_string is required"):
-        EventHubQueue(EventHubQueueConfig(type="eventhub"), sqlite_engine)
+    with pytest.raises(ValidationError, match="connection_string is required"):  # refused by the config
+        EventHubQueueConfig(type="eventhub")
     with pytest.raises(PermanentError, match="not an Event Hubs connection string") as raised:
         EventHubQueue(
             EventHubQueueConfig(type="eventhub", connection_string="SharedAccessKey=s3cr3t"), sqlite_engine

@@ -25,11 +25,12 @@ time), so storing the same predictions again overwrites the points instead of ad
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from latigo.config import InfluxPredictionsConfig
 from latigo.errors import PermanentError
-from latigo.frames import to_long
+from latigo.frames import NON_OUTPUT_GROUPS
 from latigo.providers.predictions import PredictionStorageProvider
 from latigo.providers.influx import InfluxHttp, epoch_ns, escape_key, escape_measurement, float_lines
 
@@ -67,13 +68,14 @@ class InfluxPredictions(PredictionStorageProvider):
         common = {MACHINE_TAG: model, **self._config.extra_tags}
         if self._project_tag:
             common[self._project_tag] = project
-        rows = to_long(predictions)
-        times = epoch_ns(pd.DatetimeIndex(rows["time"]))
-        values = rows["value"].to_numpy(dtype="float64")
+        # one series per output column, straight from the wide frame (a total's tag is its group)
+        outputs = [column for column in predictions.columns if column[0] not in NON_OUTPUT_GROUPS]
+        times = epoch_ns(predictions.index)
+        values = predictions.loc[:, outputs].to_numpy(dtype="float64", na_value=np.nan)
         lines: list[str] = []
-        for (output, tag), positions in rows.groupby(["output", "tag"], sort=False).indices.items():
-            prefix = _series_key(output, {**common, SENSOR_TAG: tag})
-            lines.extend(float_lines(prefix, VALUE_FIELD, values[positions], times[positions]))
+        for position, (output, tag) in enumerate(outputs):
+            prefix = _series_key(output, {**common, SENSOR_TAG: tag or output})
+            lines.extend(float_lines(prefix, VALUE_FIELD, values[:, position], times))
         self._http.write(lines, self._config.batch_size)
         return len(lines)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, select
 
@@ -41,10 +42,13 @@ class SqlSensors(SensorInformationProvider, SensorDataProvider):
     def data(self, tags: Sequence[str], start: datetime, end: datetime) -> pd.DataFrame:
         with _available(), self._engine.connect() as connection:
             rows = connection.execute(self._query(tags, start, end)).all()
-        long = pd.DataFrame(rows, columns=["time", "tag", "value"])
-        if long.empty:
+        if not rows:
             return pd.DataFrame(index=pd.DatetimeIndex([], tz="UTC", name="time"), dtype="float64")
-        long["time"] = pd.to_datetime(long["time"], utc=True)
+        # column by column: pandas reads SQLAlchemy Row objects one slow element at a time
+        times, tags_, values = zip(*rows)
+        long = pd.DataFrame(
+            {"time": pd.DatetimeIndex(times).tz_convert("UTC"), "tag": tags_, "value": np.array(values, dtype="float64")}
+        )
         wide = long.pivot_table(index="time", columns="tag", values="value", aggfunc="last", dropna=False)
         wide.columns.name = None
         return wide.astype("float64").sort_index()
