@@ -178,3 +178,44 @@ def test_a_hanging_gordo_times_out(canned):
 def test_nobody_listening_is_transient():
     with pytest.raises(TransientError, match="cannot reach Gordo"):
         GordoModels(GordoConfig(base_url="http://127.0.0.1:9", connect_timeout=1)).latest_revision("demo")
+
+
+def test_calls_in_flight_to_one_gordo_never_exceed_the_limit():
+    """models.max_concurrency bounds the calls one process has in flight to its Gordo, however
+    many executor threads ask at once."""
+    import time as clock_time
+
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            with lock:
+                state["now"] += 1
+                state["most"] = max(state["most"], state["now"])
+            clock_time.sleep(0.2)  # a slow Gordo: the point is to have calls overlap
+            with lock:
+                state["now"] -= 1
+            body = b'{"latest": "1", "available-revisions": ["1"]}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        gordo = GordoModels(GordoConfig(base_url=f"http://127.0.0.1:{server.server_address[1]}", max_concurrency=2))
+        threads = [threading.Thread(target=gordo.latest_revision, args=("demo",)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert state["most"] == 2
