@@ -11,7 +11,6 @@ failure with ``pytest.fail``: outside pytest that is simply an exception).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import resource
@@ -71,51 +70,11 @@ def gordo_server(
             (revision_dir / name).symlink_to(built / name, target_is_directory=True)
         port = gordo.free_port()
         log_file = Path(folder) / "gunicorn.log"
-        if workers == 1:
-            proc = gordo.serve(venv, revision_dir, port, names, log_file)
-        else:
-            proc = _serve_workers(venv, revision_dir, port, names, log_file, workers)
+        proc = gordo.serve(venv, revision_dir, port, names, log_file, workers=workers)
         try:
             yield GordoServer(f"http://127.0.0.1:{port}", port, revision, names, proc)
         finally:
             gordo.stop(proc)
-
-
-def _serve_workers(
-    venv: Path, revision_dir: Path, port: int, names: list[str], log_file: Path, workers: int
-) -> subprocess.Popen:
-    """``latigo.demo.gordo.serve``'s gunicorn command with ``workers`` workers."""
-    env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
-    env.update(
-        PYTHONPATH=str(gordo.REPO_ROOT),
-        MODEL_COLLECTION_DIR=str(revision_dir),
-        EXPECTED_MODELS=json.dumps(names),
-        N_CACHED_MODELS=str(max(2, len(names))),
-    )
-    command = [
-        str(venv / "bin" / "python"), "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
-        "--workers", str(workers), "--worker-class", "gthread", "--threads", "4",
-        "--graceful-timeout", str(gordo.GRACEFUL_TIMEOUT_S),
-        "gordo.server.server:build_app()",
-    ]  # fmt: skip
-    with open(log_file, "wb") as log:
-        proc = subprocess.Popen(
-            command,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + gordo.START_TIMEOUT_S
-    while not answers(f"http://127.0.0.1:{port}/healthcheck"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            gordo.stop(proc)
-            raise RuntimeError(
-                f"Gordo did not start; {log_file}:\n{log_file.read_text(errors='replace')[-3000:]}"
-            )
-        time.sleep(POLL_S)
-    return proc
 
 
 @contextlib.contextmanager

@@ -271,10 +271,11 @@ def serve(
     expected_models: list[str],
     log_file: Path,
     start_timeout: float = START_TIMEOUT_S,
+    workers: int = 1,
 ) -> subprocess.Popen:
     """Start Gordo's server on 127.0.0.1:``port`` for the models in ``revision_dir``.
 
-    gunicorn with 1 worker, gthread, 4 threads, in its own session, output to ``log_file``.
+    gunicorn with ``workers`` workers (1 by default), gthread, 4 threads, in its own session, output to ``log_file``.
     Returns once ``/healthcheck`` answers 200; raises :class:`GordoError` with the log's tail
     if the port is taken, the server dies, or it does not answer within ``start_timeout``.
     Sibling folders of ``revision_dir`` are served as other revisions. End it with :func:`stop`.
@@ -302,7 +303,7 @@ def serve(
         "--bind",
         f"127.0.0.1:{port}",
         "--workers",
-        "1",
+        str(workers),
         "--worker-class",
         "gthread",
         "--threads",
