@@ -41,10 +41,16 @@ BULK_ROWS = 2_000
 
 def create_engine(url: str, *, echo: bool = False) -> Engine:
     if url.startswith("sqlite"):
-        engine = sqlalchemy.create_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = sqlalchemy.create_engine(
+            url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            insertmanyvalues_page_size=BULK_ROWS,
+        )
         _make_sqlite_transactional(engine)
         return engine
-    return sqlalchemy.create_engine(url, echo=echo, pool_pre_ping=True, connect_args=POSTGRES_TIMEOUTS)
+    # bulk inserts go out as multi-row statements of BULK_ROWS rows (SQLAlchemy's default: 1000)
+    return sqlalchemy.create_engine(
+        url, echo=echo, pool_pre_ping=True, connect_args=POSTGRES_TIMEOUTS, insertmanyvalues_page_size=BULK_ROWS
+    )
 
 
 def _make_sqlite_transactional(engine: Engine) -> None:
