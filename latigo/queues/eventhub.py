@@ -457,9 +457,7 @@ class EventHubQueue(TaskQueue):
         for message, not_before in items:
             if not self._alive(message):
                 continue
-            if not_before is not None and not_before > now:
-                self._held.add(message, not_before)
-            else:
+            if self._held.admit(message, not_before, now):
                 ready.append(message)
         return ready
 

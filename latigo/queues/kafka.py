@@ -522,9 +522,7 @@ class KafkaQueue(TaskQueue):
             message, not_before = self._track(record)
             if message is None:
                 continue
-            if not_before is not None and not_before > now:
-                self._held.add(message, not_before)
-            else:
+            if self._held.admit(message, not_before, now):
                 ready.append(message)
         return ready
 

@@ -145,6 +145,13 @@ class HoldBack:
         with self._lock:
             heapq.heappush(self._heap, (not_before, next(self._order), message))
 
+    def admit(self, message: Message, not_before: datetime | None, now: datetime) -> bool:
+        """True when ``message`` may be handed out now; otherwise it is kept until it is due."""
+        if not_before is not None and not_before > now:
+            self.add(message, not_before)
+            return False
+        return True
+
     def due(self, now: datetime, limit: int, alive: Callable[[Message], bool]) -> list[Message]:
         """Up to ``limit`` messages due at ``now``, oldest first; messages that are no longer
         ``alive`` (their partition went to another consumer) are dropped on the way."""
