@@ -23,6 +23,7 @@ from latigo.demo import gordo
 from latigo.demo.models import demo_models, tags_of
 from latigo.demo.signals import signal
 from latigo.errors import PermanentError, RevisionGone, TransientError
+from latigo.providers.models import wire
 from latigo.providers.models.gordo import GordoModels
 
 # an older revision, served beside the demo models' latest one, holding a plain model
@@ -57,6 +58,19 @@ def test_anomaly_prediction_over_parquet(gordo_models, gordo_server):
     assert {tag for group, tag in answer.columns if group == "tag-anomaly-scaled"} == set(tags_of("pump-1"))
 
 
+def test_json_and_parquet_requests_get_the_same_answer(gordo_models, gordo_server, monkeypatch):
+    meta = gordo_models.metadata("demo", "compressor-1", gordo_server.revision)
+    X = model_input("compressor-1")
+    sent = []
+    monkeypatch.setattr(wire, "to_parquet", lambda frame, real=wire.to_parquet: sent.append(len(frame)) or real(frame))
+    as_json = gordo_models.predict(meta, X, X)
+    assert sent == []  # a short frame goes as JSON
+    monkeypatch.setattr(wire, "JSON_MAX_ROWS", 0)
+    as_parquet = gordo_models.predict(meta, X, X)
+    assert sent == [len(X), len(X)]  # X and y really went as parquet the second time
+    pd.testing.assert_frame_equal(as_json, as_parquet, check_exact=True)
+
+
 def test_an_unknown_revision_is_gone(gordo_models, gordo_server):
     meta = gordo_models.metadata("demo", "pump-1", gordo_server.revision)
     stale = type(meta)(**{**meta.__dict__, "revision": "123"})
@@ -78,7 +92,7 @@ def test_a_model_without_anomaly_part_falls_back_to_prediction_for_itself_only(g
     X = model_input("pump-1")
     meta = gordo_models.metadata("demo", "plain-pump", OLD_REVISION)
     answer = gordo_models.predict(meta, X, X)  # the anomaly endpoint answers 422: /prediction
-    assert {group for group, _ in answer.columns} == {"start", "end", "model-input", "model-output"}
+    assert {group for group, _ in answer.columns} == {"model-input", "model-output"}
     # the decision is per model: an anomaly model still gets anomaly columns
     anomaly_meta = gordo_models.metadata("demo", "pump-1", gordo_server.revision)
     assert ("total-anomaly-scaled", "") in gordo_models.predict(anomaly_meta, X, X).columns

@@ -48,8 +48,9 @@ class ModelExecutionProvider(ABC):
 
     @abstractmethod
     def predict(self, metadata: ModelMetadata, X: pd.DataFrame, y: pd.DataFrame) -> pd.DataFrame:
-        """Gordo's answer for the rows of ``X``: two-level columns (group, tag) such as
-        ("tag-anomaly-scaled", "TAG-1") or ("total-anomaly-scaled", ""), a UTC index."""
+        """Gordo's answer for the rows of ``X``: float columns on two levels (group, tag)
+        such as ("tag-anomaly-scaled", "TAG-1") or ("total-anomaly-scaled", ""), a UTC index.
+        Gordo's bookkeeping columns ``start`` and ``end`` are not kept: the index says as much."""
 
     def close(self) -> None:
         """Release connections."""

@@ -3,13 +3,12 @@
 Every call has a connect and a read timeout, and every failure is mapped to Latigo's error
 classes here, once: 410 means the revision is gone, 5xx/408/429 and network trouble are
 transient, other 4xx are permanent, and a 200 that is not what was asked for (a proxy's
-HTML login page, say) is permanent too, never parsed as data. Predictions travel as
-parquet both ways (JSON is ~40x slower on large frames).
+HTML login page, say) is permanent too, never parsed as data. What travels, and how it is
+read, is in ``wire.py``.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import threading
@@ -29,6 +28,7 @@ from latigo.config import GordoConfig
 from latigo.errors import PermanentError, RevisionGone, TransientError
 from latigo.metrics import GORDO_CLIENT_SECONDS, GORDO_SERVER_SECONDS
 from latigo.providers.models import ModelExecutionProvider, ModelInformationProvider, ModelMetadata
+from latigo.providers.models import wire
 
 # HTTP statuses worth retrying
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -120,12 +120,6 @@ def _observe_timing(answer: Answer) -> None:
     seconds = answer.server_seconds()
     if seconds is not None:
         GORDO_SERVER_SECONDS.observe(seconds)
-
-
-def _parquet(frame: pd.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer)
-    return buffer.getvalue()
 
 
 class GordoModels(ModelInformationProvider, ModelExecutionProvider):
@@ -248,7 +242,7 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
             what,
             passthrough=frozenset({422}) if anomaly else frozenset(),
             params={"format": "parquet", "revision": metadata.revision},
-            files={"X": ("X", _parquet(X)), "y": ("y", _parquet(y))},
+            **wire.request_body(X, y),
         )
         if answer.status == 422:
             return None
@@ -258,13 +252,9 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
                 f"{what}: expected a parquet answer, got {answer.content_type or 'no content type'}: {answer.quote()}"
             )
         try:
-            frame = pd.read_parquet(io.BytesIO(answer.body))
-        except Exception as error:  # pyarrow raises several unrelated types for bad bytes
-            raise PermanentError(f"{what}: answer is not parquet: {error}") from None
-        if not isinstance(frame.columns, pd.MultiIndex) or not isinstance(frame.index, pd.DatetimeIndex):
-            raise PermanentError(f"{what}: answer is not a prediction table (columns {list(frame.columns)[:5]})")
-        frame.index = frame.index.tz_localize("UTC") if frame.index.tz is None else frame.index.tz_convert("UTC")
-        return frame
+            return wire.read_answer(answer.body)
+        except PermanentError as error:
+            raise PermanentError(f"{what}: {error}") from None
 
     def close(self) -> None:
         self._session.close()
