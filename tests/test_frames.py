@@ -5,6 +5,8 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from latigo import frames
 from latigo.providers.models import ModelMetadata
@@ -50,6 +52,54 @@ def test_unsorted_timestamps_are_sorted_and_a_duplicate_keeps_the_last_delivered
     assert model_input["A"].iloc[0] == pytest.approx((100 + sum(range(1, 10))) / 10)
 
 
+def pandas_resampling(raw: pd.DataFrame, metadata: ModelMetadata) -> pd.DataFrame:
+    """What to_model_input does, said with pandas: the oracle for the numpy version."""
+    values = raw.loc[:, frames.needed_tags(metadata)].astype("float64").replace([np.inf, -np.inf], np.nan)
+    values = values[~values.index.duplicated(keep="last")].sort_index()
+    resampled = values.resample(metadata.resolution, label="left", closed="left", origin="epoch").mean()
+    return resampled.dropna(how="any")
+
+
+samples = st.lists(
+    st.tuples(
+        st.integers(0, 6 * 3600),  # seconds after START
+        st.one_of(st.floats(-1e6, 1e6), st.just(np.nan), st.just(np.inf)),
+        st.one_of(st.floats(-1e6, 1e6), st.just(np.nan), st.just(-np.inf)),
+    ),
+    max_size=200,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(samples, st.sampled_from([timedelta(seconds=30), timedelta(minutes=1), timedelta(minutes=10), timedelta(hours=1)]))
+def test_resampling_agrees_with_pandas(rows, resolution):
+    index = pd.DatetimeIndex([START + timedelta(seconds=second) for second, _, _ in rows], name="time")
+    index = index.tz_convert("UTC") if len(rows) else pd.DatetimeIndex([], tz="UTC", name="time")
+    raw = pd.DataFrame({"A": [a for _, a, _ in rows], "B": [b for _, _, b in rows]}, index=index, dtype="float64")
+    meta = ModelMetadata("demo", "m", "1", ("A", "B"), ("A",), resolution)
+    ours, theirs = frames.to_model_input(raw, meta), pandas_resampling(raw, meta)
+    assert ours.index.equals(theirs.index) and list(ours.columns) == ["A", "B"]
+    # pandas sums with Kahan compensation, numpy without: equal but for the last bits
+    np.testing.assert_allclose(ours.to_numpy(), theirs.to_numpy(), rtol=1e-12, atol=1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), st.sampled_from(["A", "B", "C"]), st.floats(-1e6, 1e6)), max_size=60))
+def test_pivot_agrees_with_pandas(samples):
+    times = np.array([np.datetime64("2026-03-01T10:00", "us") + np.timedelta64(60 * s, "s") for s, _, _ in samples], dtype="datetime64[us]")
+    tags = [tag for _, tag, _ in samples]
+    values = np.array([value for _, _, value in samples], dtype="float64")
+    ours = frames.pivot(times, tags, values, ["C", "A", "B", "D"])
+    if not samples:
+        assert ours.empty
+        return
+    long = pd.DataFrame({"time": pd.DatetimeIndex(times).tz_localize("UTC"), "tag": tags, "value": values})
+    theirs = long.pivot_table(index="time", columns="tag", values="value", aggfunc="last", dropna=False)
+    assert list(ours.columns) == sorted(set(tags)) and ours.index.name == "time" and str(ours.index.tz) == "UTC"
+    assert ours.index.equals(theirs.index)
+    np.testing.assert_array_equal(ours.to_numpy(), theirs[sorted(set(tags))].to_numpy())
+
+
 def test_target_tags_that_are_not_inputs_are_fetched_too():
     meta = ModelMetadata("demo", "m", "1", ("A",), ("B",), timedelta(minutes=10))
     assert frames.needed_tags(meta) == ["A", "B"]
@@ -72,12 +122,8 @@ def gordo_answer(times=2):
     return pd.DataFrame(values, index=index, columns=columns)
 
 
-def test_to_long_maps_columns_to_output_and_tag():
-    long = frames.to_long(gordo_answer())
-    assert len(long) == 2 * 3  # start and end are bookkeeping, not predictions
-    first = long[long["time"] == pd.Timestamp(START)].set_index(["output", "tag"])["value"].to_dict()
-    assert first == {
-        ("model-input", "A"): 1.0,
-        ("tag-anomaly-scaled", "A"): 2.0,
-        ("total-anomaly-scaled", "total-anomaly-scaled"): 3.0,  # a total's tag is its group, as gordo-client
-    }
+def test_output_series_map_columns_to_output_and_tag():
+    series, values = frames.output_series(gordo_answer())
+    # start and end are bookkeeping, not predictions; a total's tag is its group, as gordo-client
+    assert series == [("model-input", "A"), ("tag-anomaly-scaled", "A"), ("total-anomaly-scaled", "total-anomaly-scaled")]
+    assert values.dtype == np.float64 and values.tolist() == [[1.0, 2.0, 3.0], [2.0, 3.0, 4.0]]

@@ -30,7 +30,7 @@ import pandas as pd
 
 from latigo.config import InfluxPredictionsConfig
 from latigo.errors import PermanentError
-from latigo.frames import NON_OUTPUT_GROUPS
+from latigo.frames import output_series
 from latigo.providers.predictions import PredictionStorageProvider
 from latigo.providers.influx import InfluxHttp, epoch_ns, escape_key, escape_measurement, float_lines
 
@@ -68,13 +68,12 @@ class InfluxPredictions(PredictionStorageProvider):
         common = {MACHINE_TAG: model, **self._config.extra_tags}
         if self._project_tag:
             common[self._project_tag] = project
-        # one series per output column, straight from the wide frame (a total's tag is its group)
-        outputs = [column for column in predictions.columns if column[0] not in NON_OUTPUT_GROUPS]
+        # one series per output column, straight from the wide frame
+        series, values = output_series(predictions)
         times = epoch_ns(predictions.index)
-        values = predictions.loc[:, outputs].to_numpy(dtype="float64", na_value=np.nan)
         lines: list[str] = []
-        for position, (output, tag) in enumerate(outputs):
-            prefix = _series_key(output, {**common, SENSOR_TAG: tag or output})
+        for position, (output, tag) in enumerate(series):
+            prefix = _series_key(output, {**common, SENSOR_TAG: tag})
             lines.extend(float_lines(prefix, VALUE_FIELD, values[:, position], times))
         self._http.write(lines, self._config.batch_size)
         return len(lines)

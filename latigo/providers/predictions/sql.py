@@ -7,7 +7,7 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from latigo import db
-from latigo.frames import to_long
+from latigo.frames import output_series
 from latigo.providers.predictions import PredictionStorageProvider
 from latigo.schema import predictions as predictions_table
 
@@ -17,8 +17,7 @@ class SqlPredictions(PredictionStorageProvider):
         self._engine = engine
 
     def store(self, project: str, model: str, revision: str, predictions: pd.DataFrame) -> int:
-        long = to_long(predictions)
-        times = pd.to_datetime(long["time"], utc=True).dt.to_pydatetime()
+        series, values = output_series(predictions)
         rows = [
             {
                 "project": project,
@@ -26,10 +25,11 @@ class SqlPredictions(PredictionStorageProvider):
                 "time": time,
                 "output": output,
                 "tag": tag,
-                "value": None if value != value else float(value),  # NaN is stored as NULL
+                "value": None if value != value else value,  # NaN is stored as NULL
                 "revision": revision,
             }
-            for time, output, tag, value in zip(times, long["output"], long["tag"], long["value"])
+            for time, row in zip(predictions.index.to_pydatetime(), values.tolist())
+            for (output, tag), value in zip(series, row)
         ]
         with db.translate_outage("prediction store"), self._engine.begin() as connection:
             return db.upsert(connection, predictions_table, rows)

@@ -8,9 +8,9 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, select
+from sqlalchemy import DateTime, Engine, String, select, type_coerce
 
-from latigo import db
+from latigo import db, frames
 from latigo.providers.sensors import SensorDataProvider, SensorInformationProvider
 from latigo.schema import sensor_data
 
@@ -28,11 +28,10 @@ class SqlSensors(SensorInformationProvider, SensorDataProvider):
         with _available(), self._engine.connect() as connection:
             return connection.execute(query).first() is not None
 
-    def _query(self, tags: Sequence[str], start: datetime, end: datetime):
-        return (
-            select(sensor_data.c.time, sensor_data.c.tag, sensor_data.c.value)
-            .where(sensor_data.c.tag.in_(list(tags)), sensor_data.c.time >= start, sensor_data.c.time < end)
-            .order_by(sensor_data.c.time)
+    def _query(self, tags: Sequence[str], start: datetime, end: datetime, time_column=sensor_data.c.time):
+        # no ORDER BY: the primary key (tag, time) serves the range per tag, and data() sorts
+        return select(time_column, sensor_data.c.tag, sensor_data.c.value).where(
+            sensor_data.c.tag.in_(list(tags)), sensor_data.c.time >= start, sensor_data.c.time < end
         )
 
     def range_query(self, tags: Sequence[str], start: datetime, end: datetime) -> str:
@@ -41,17 +40,22 @@ class SqlSensors(SensorInformationProvider, SensorDataProvider):
 
     def data(self, tags: Sequence[str], start: datetime, end: datetime) -> pd.DataFrame:
         with _available(), self._engine.connect() as connection:
-            rows = connection.execute(self._query(tags, start, end)).all()
+            rows = connection.execute(self._query(tags, start, end, self._raw_time)).all()
         if not rows:
             return pd.DataFrame(index=pd.DatetimeIndex([], tz="UTC", name="time"), dtype="float64")
-        # column by column: pandas reads SQLAlchemy Row objects one slow element at a time
-        times, tags_, values = zip(*rows)
-        long = pd.DataFrame(
-            {"time": pd.DatetimeIndex(times).tz_convert("UTC"), "tag": tags_, "value": np.array(values, dtype="float64")}
+        times, names, values = zip(*rows)
+        return frames.pivot(
+            np.array(times, dtype="datetime64[us]"), names, np.array(values, dtype="float64"), list(tags)
         )
-        wide = long.pivot_table(index="time", columns="tag", values="value", aggfunc="last", dropna=False)
-        wide.columns.name = None
-        return wide.astype("float64").sort_index()
+
+    @property
+    def _raw_time(self):
+        """The time column as the driver hands it over, parsed in bulk by numpy: SQLite's
+        text (SQLAlchemy would parse it row by row in Python), PostgreSQL's naive UTC
+        datetimes (without the per-row zone of ``UTCDateTime``)."""
+        if self._engine.dialect.name == "sqlite":
+            return type_coerce(sensor_data.c.time, String()).label("time")
+        return type_coerce(sensor_data.c.time, DateTime()).label("time")
 
     def write(self, frame: pd.DataFrame) -> int:
         long = frame.rename_axis("time").reset_index().melt(id_vars="time", var_name="tag", value_name="value")
