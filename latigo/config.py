@@ -105,7 +105,9 @@ class ScheduleConfig(Section):
     tick: Duration = timedelta(seconds=30)
     catch_up: Duration = timedelta(days=7)
     initial_backfill: Duration = timedelta(days=1)
-    max_task_span: Duration = timedelta(days=1)
+    # a week of history per Gordo call: Gordo's cost is mostly per call, a week of one model is
+    # a few MB in an executor (bench/README.md: 7-day against 1-day tasks)
+    max_task_span: Duration = timedelta(days=7)
     discovery_ttl: Duration = timedelta(minutes=5)
     leader_ttl: Duration = timedelta(minutes=2)
     backlog_limit: int = Field(2000, ge=1)

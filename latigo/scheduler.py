@@ -36,6 +36,10 @@ from latigo.window import Grid, Window
 
 log = logging.getLogger(__name__)
 
+# most planned history windows read per tick: with week-long tasks, a backlog's worth of
+# room would otherwise be hundreds of thousands of rows in memory at once
+HISTORY_READ_LIMIT = 100_000
+
 
 @dataclass(frozen=True)
 class Model:
@@ -198,7 +202,9 @@ class Scheduler:
             per_task = max(1, self._schedule.max_task_span // self._schedule.interval)
             newest_first = self._schedule.history_order == "newest_first"
             history = self._ledger.planned(
-                ending_by=newest_end - self._schedule.interval, limit=room * per_task, newest_first=newest_first
+                ending_by=newest_end - self._schedule.interval,
+                limit=min(room * per_task, HISTORY_READ_LIMIT),
+                newest_first=newest_first,
             )
             history_tasks = self._tasks(history, newest_first)[:room]
             self._publish(history_tasks)

@@ -325,6 +325,29 @@ def test_predictions_go_in_batches(
     assert count_points(influx_server, influx_database) == 7 * 4
 
 
+def test_lines_are_built_one_batch_at_a_time() -> None:
+    produced = []
+
+    def lines():
+        for number in range(12):
+            produced.append(number)
+            yield f"m v={number} {number}"
+
+    batches = influx_http._batches(lines(), 5)
+    assert next(batches) == [f"m v={n} {n}" for n in range(5)]
+    assert len(produced) == 5  # the rest is not built before it is sent
+    assert [len(batch) for batch in batches] == [5, 2]
+
+
+def test_float_lines_skip_what_influxdb_cannot_hold() -> None:
+    suffixes = influx_http.time_suffixes(np.array([1, 2, 3, 4], dtype=np.int64))
+    values = np.array([0.1 + 0.2, np.nan, np.inf, -5e-324])
+    assert list(influx_http.float_lines("m,t=a", "v", values, suffixes)) == [
+        "m,t=a v=0.30000000000000004 1",
+        "m,t=a v=-5e-324 4",
+    ]
+
+
 def test_a_missing_database_is_created_on_first_write(influx_server: InfluxServer) -> None:
     database = f"created_{time.time_ns()}"
     try:

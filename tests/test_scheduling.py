@@ -208,6 +208,28 @@ def test_backlog_limit_holds_history_back_but_never_continuous_windows(database_
         parts.close()
 
 
+def test_history_read_in_slices_is_published_whole_and_once(database_url, gordo_server, clock, monkeypatch):
+    import latigo.scheduler
+
+    monkeypatch.setattr(latigo.scheduler, "HISTORY_READ_LIMIT", 7)
+    config = config_for(database_url, gordo_server.base_url, initial_backfill="10h", max_task_span="7d")
+    parts = build(config, clock=clock)
+    try:
+        scheduler = Scheduler(config, parts.model_info, parts.ledger, parts.queue, clock)
+        models = len(gordo_server.models)
+        report = scheduler.tick()
+        assert report.planned == 21 * models
+        assert report.published_windows == models + 7  # continuous ones, then one slice of history
+        covered: list[tuple[str, datetime]] = []
+        for _ in range(10):
+            covered += [(task.model, start) for task in queued_tasks(parts) for start in (w.start for w in GRID.windows(task.start, task.end))]
+            scheduler.publish_planned()
+        assert sorted(covered) == sorted((model, start) for model in gordo_server.models for start in planned_starts(parts, model))
+        assert len(covered) == len(set(covered)) == 21 * models  # every window once
+    finally:
+        parts.close()
+
+
 def test_revision_change_and_model_removal_while_the_scheduler_runs(database_url, gordo_server, clock, tmp_path):
     """A Gordo of our own (the session's is shared): revision A with every demo model, then
     revision B without turbine-1 (as if its build failed), then A deleted."""

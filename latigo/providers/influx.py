@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from datetime import datetime
+from itertools import islice
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -87,23 +88,32 @@ def epoch_ns(index: pd.DatetimeIndex) -> np.ndarray:
     return index.tz_convert("UTC").as_unit("ns").asi8
 
 
-def float_lines(prefix: str, field: str, values: np.ndarray, times_ns: np.ndarray) -> list[str]:
-    """Line protocol for one series: ``prefix field=value time`` for every finite value.
+def time_suffixes(times_ns: np.ndarray) -> list[str]:
+    """`` <nanoseconds>``: the end of a line at each time, worked out once for all the series
+    that share the times."""
+    return [f" {time}" for time in times_ns.tolist()]
+
+
+def float_lines(prefix: str, field: str, values: np.ndarray, suffixes: Sequence[str]) -> Iterator[str]:
+    """Line protocol for one series: ``prefix field=value time`` for every finite value
+    (``suffixes`` from :func:`time_suffixes`).
 
     NaN and infinities are skipped: an InfluxDB field cannot hold them, and a missing
     point is what "no value" means there.
     """
-    finite = np.isfinite(values)
+    head = f"{prefix} {field}="
     # repr() of a Python float is the shortest text that reads back as the same float
-    return [
-        f"{prefix} {field}={float(value)!r} {int(time)}"
-        for value, time in zip(values[finite].tolist(), times_ns[finite].tolist())
-    ]
+    for value, suffix, finite in zip(values.tolist(), suffixes, np.isfinite(values).tolist()):
+        if finite:
+            yield f"{head}{value!r}{suffix}"
 
 
-def _batches(lines: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for offset in range(0, len(lines), size):
-        yield lines[offset : offset + size]
+def _batches(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Lines in lists of ``size``, taken from ``lines`` as they come: memory holds one batch,
+    however many lines there are."""
+    lines = iter(lines)
+    while batch := list(islice(lines, size)):
+        yield batch
 
 
 def _error_text(response: requests.Response) -> str:
@@ -186,9 +196,11 @@ class InfluxHttp:
             for _ in _series_of(response.content, self.url):
                 pass
 
-    def write(self, lines: Sequence[str], batch_size: int) -> None:
-        """POST line protocol (nanosecond timestamps) in batches of ``batch_size`` lines; a
-        missing database is created (CREATE DATABASE is idempotent) and the batch sent again."""
+    def write(self, lines: Iterable[str], batch_size: int) -> int:
+        """POST line protocol (nanosecond timestamps) in batches of ``batch_size`` lines, built
+        as they are sent; a missing database is created (CREATE DATABASE is idempotent) and
+        the batch sent again. Returns how many lines were written."""
+        written = 0
         for batch in _batches(lines, batch_size):
             body = "\n".join(batch).encode("utf-8")
             try:
@@ -196,6 +208,8 @@ class InfluxHttp:
             except _DatabaseNotFound:
                 self.command(f"CREATE DATABASE {quote_ident(self.database)}")
                 self._post_lines(body)
+            written += len(batch)
+        return written
 
     def _post_lines(self, body: bytes) -> None:
         params = {"db": self.database, "precision": "ns"}

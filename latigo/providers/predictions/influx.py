@@ -25,14 +25,13 @@ time), so storing the same predictions again overwrites the points instead of ad
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from latigo.config import InfluxPredictionsConfig
 from latigo.errors import PermanentError
 from latigo.frames import output_series
 from latigo.providers.predictions import PredictionStorageProvider
-from latigo.providers.influx import InfluxHttp, epoch_ns, escape_key, escape_measurement, float_lines
+from latigo.providers.influx import InfluxHttp, epoch_ns, escape_key, escape_measurement, float_lines, time_suffixes
 
 # the tag holding the model's name, as gordo-client writes it
 MACHINE_TAG = "machine"
@@ -68,15 +67,17 @@ class InfluxPredictions(PredictionStorageProvider):
         common = {MACHINE_TAG: model, **self._config.extra_tags}
         if self._project_tag:
             common[self._project_tag] = project
-        # one series per output column, straight from the wide frame
+        # one series per output column, straight from the wide frame; the lines are built
+        # batch by batch as they are written, so memory holds one batch, not the task's
         series, values = output_series(predictions)
-        times = epoch_ns(predictions.index)
-        lines: list[str] = []
-        for position, (output, tag) in enumerate(series):
-            prefix = _series_key(output, {**common, SENSOR_TAG: tag})
-            lines.extend(float_lines(prefix, VALUE_FIELD, values[:, position], times))
-        self._http.write(lines, self._config.batch_size)
-        return len(lines)
+        suffixes = time_suffixes(epoch_ns(predictions.index))
+        prefixes = [_series_key(output, {**common, SENSOR_TAG: tag}) for output, tag in series]
+        lines = (
+            line
+            for position, prefix in enumerate(prefixes)
+            for line in float_lines(prefix, VALUE_FIELD, values[:, position], suffixes)
+        )
+        return self._http.write(lines, self._config.batch_size)
 
     def close(self) -> None:
         self._http.close()

@@ -25,6 +25,7 @@ from latigo.providers.influx import (
     quote_ident,
     quote_string,
     rfc3339,
+    time_suffixes,
 )
 from latigo.providers.sensors import SensorDataProvider, SensorInformationProvider
 
@@ -98,17 +99,18 @@ class InfluxSensors(SensorInformationProvider, SensorDataProvider):
         (an InfluxDB field cannot hold NaN). Returns the number of values written."""
         if not isinstance(frame.index, pd.DatetimeIndex):
             raise ValueError("the frame's index must be a DatetimeIndex")
-        times = epoch_ns(frame.index)
+        suffixes = time_suffixes(epoch_ns(frame.index))
         field = escape_key(self._config.field, "field")
         measurement = escape_measurement(self._config.measurement)
         tag_key = escape_key(self._config.tag_key, "tag key")
-        lines: list[str] = []
-        for position, tag in enumerate(frame.columns):
-            values = frame.iloc[:, position].to_numpy(dtype="float64", na_value=math.nan)
-            prefix = f"{measurement},{tag_key}={escape_key(str(tag))}"
-            lines.extend(float_lines(prefix, field, values, times))
-        self._http.write(lines, WRITE_BATCH)
-        return len(lines)
+        prefixes = [f"{measurement},{tag_key}={escape_key(str(tag))}" for tag in frame.columns]
+        values = frame.to_numpy(dtype="float64", na_value=math.nan)
+        lines = (
+            line
+            for position, prefix in enumerate(prefixes)
+            for line in float_lines(prefix, field, values[:, position], suffixes)
+        )
+        return self._http.write(lines, WRITE_BATCH)
 
     def close(self) -> None:
         self._http.close()
