@@ -591,6 +591,17 @@ def test_sensor_write_then_data_roundtrips_exact_values_over_a_half_open_range(e
     assert isinstance(nothing.index, pd.DatetimeIndex) and str(nothing.index.tz) == "UTC"
 
 
+def test_sensor_reads_in_batches_give_the_same_frame(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from latigo.providers.sensors import sql as sql_sensors
+
+    sensors, frame = SqlSensors(engine), sensor_frame()
+    sensors.write(frame)
+    whole = sensors.data(["T1", "T2"], T0, T0 + STEP * 6)
+    monkeypatch.setattr(sql_sensors, "READ_BATCH", 2)  # 11 rows: six batches
+    assert_sensor_data(sensors.data(["T1", "T2"], T0, T0 + STEP * 6), frame)
+    assert_sensor_data(whole, frame)
+
+
 def test_sensor_writes_are_idempotent_and_rewrites_update(engine: Engine) -> None:
     sensors, frame = SqlSensors(engine), sensor_frame()
     sensors.write(frame)

@@ -14,6 +14,9 @@ from latigo import db, frames
 from latigo.providers.sensors import SensorDataProvider, SensorInformationProvider
 from latigo.schema import sensor_data
 
+# rows fetched and turned into arrays at a time
+READ_BATCH = 10_000
+
 
 class SqlSensors(SensorInformationProvider, SensorDataProvider):
     def __init__(self, engine: Engine) -> None:
@@ -39,14 +42,23 @@ class SqlSensors(SensorInformationProvider, SensorDataProvider):
         return str(statement.compile(self._engine, compile_kwargs={"literal_binds": True}))
 
     def data(self, tags: Sequence[str], start: datetime, end: datetime) -> pd.DataFrame:
+        times: list[np.ndarray] = []
+        names: list[str] = []
+        values: list[np.ndarray] = []
         with _available(), self._engine.connect() as connection:
-            rows = connection.execute(self._query(tags, start, end, self._raw_time)).all()
-        if not rows:
+            result = connection.execution_options(yield_per=READ_BATCH).execute(
+                self._query(tags, start, end, self._raw_time)
+            )
+            # batch by batch into arrays: a week of a 20-tag model is 200,000 rows, and as
+            # Python row objects all at once they would hold 50 MB more at the peak
+            for rows in result.partitions():
+                batch_times, batch_names, batch_values = zip(*rows)
+                times.append(np.array(batch_times, dtype="datetime64[us]"))
+                names.extend(batch_names)
+                values.append(np.array(batch_values, dtype="float64"))
+        if not names:
             return pd.DataFrame(index=pd.DatetimeIndex([], tz="UTC", name="time"), dtype="float64")
-        times, names, values = zip(*rows)
-        return frames.pivot(
-            np.array(times, dtype="datetime64[us]"), names, np.array(values, dtype="float64"), list(tags)
-        )
+        return frames.pivot(np.concatenate(times), names, np.concatenate(values), list(tags))
 
     @property
     def _raw_time(self):
