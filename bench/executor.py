@@ -20,14 +20,16 @@ continuous operation looks like), and executors drain the queue:
 
 The baseline, measured in the same run (the machine is shared and noisy): **raw Gordo
 calls** — the very frames Latigo sends, built in memory from the same synthetic data,
-each encoded as parquet, POSTed with ``requests`` and its parquet answer decoded, from
+encoded as Latigo encodes them (``latigo.providers.models.wire``: JSON for a window's few
+rows), POSTed with ``requests`` and the parquet answer decoded as Latigo decodes it, from
 as many threads as Latigo has tasks in flight. It is measured before and after the
 Latigo runs. "vs raw" is Latigo's wall time over the raw calls' wall time for the same
 windows: what Latigo adds to Gordo (reading the sensor store, resampling, storing the
-predictions, the ledger and the queue).
+predictions, the ledger and the queue). One more single-threaded run sends and reads
+parquet both ways through pandas, as gordo-client does: what the wire format saves.
 
 "e2e / server" is the mean time of one task — from the executor taking the message to its
-acknowledgement: sensor read, resampling, parquet both ways, the HTTP call (including any
+acknowledgement: sensor read, resampling, encoding and decoding, the HTTP call (including any
 wait for a free Gordo thread and for the GIL), storing the predictions, the ledger update
 and the ack; not the queue poll before it — over the mean of Gordo's own time per call
 (its ``Server-Timing`` header, ``latigo_gordo_server_seconds``), which itself grows when
@@ -71,6 +73,7 @@ from latigo.demo.models import DEMO_PROJECT, model_names
 from latigo.demo.signals import signal
 from latigo.executor import Executor
 from latigo.ledger import State
+from latigo.providers.models import wire
 from latigo.providers.models.gordo import GordoModels
 from latigo.queues import Message
 from latigo.scheduler import Scheduler
@@ -371,7 +374,7 @@ def raw_calls(gordo_url: str, windows: int) -> list[Call]:
                     with_anomalies=True,
                 )
                 X = frames.to_model_input(raw, metadata)
-                calls.append(Call(model, revision, X, X.loc[:, list(metadata.target_tags)]))
+                calls.append(Call(model, revision, X, frames.to_model_target(X, metadata)))
         return calls
     finally:
         gordo.close()
@@ -389,8 +392,12 @@ def _parquet(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-def run_raw(name: str, gordo_url: str, calls: list[Call], threads: int, probes: Probes) -> Result:
-    """POST every call from ``threads`` threads: parquet in, parquet out, decoded."""
+def run_raw(
+    name: str, gordo_url: str, calls: list[Call], threads: int, probes: Probes, *, pandas_parquet: bool = False
+) -> Result:
+    """POST every call from ``threads`` threads and decode the answer: encoded and decoded as
+    Latigo does (``latigo.providers.models.wire``), or with ``pandas_parquet`` parquet both
+    ways through pandas, as gordo-client does (and Latigo did before)."""
     session = requests.Session()
     session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=threads))
     lock = threading.Lock()
@@ -398,17 +405,23 @@ def run_raw(name: str, gordo_url: str, calls: list[Call], threads: int, probes: 
 
     def one(call: Call) -> None:
         started = time.perf_counter()
-        files = {"X": ("X", _parquet(call.X)), "y": ("y", _parquet(call.y))}
+        if pandas_parquet:
+            body = {"files": {"X": ("X", _parquet(call.X)), "y": ("y", _parquet(call.y))}}
+        else:
+            body = wire.request_body(call.X, call.y)
         posted = time.perf_counter()
         response = session.post(
             f"{gordo_url}/gordo/v0/{DEMO_PROJECT}/{call.model}/anomaly/prediction",
             params={"format": "parquet", "revision": call.revision},
-            files=files,
             timeout=(3.05, 60),
+            **body,
         )
         answered = time.perf_counter()
         response.raise_for_status()
-        pd.read_parquet(io.BytesIO(response.content))
+        if pandas_parquet:
+            pd.read_parquet(io.BytesIO(response.content))
+        else:
+            wire.read_answer(response.content)
         elapsed = time.perf_counter() - started
         with lock:
             result.task_seconds.append(elapsed)
@@ -555,6 +568,9 @@ def main() -> None:
             f"raw Gordo calls x{args.concurrency} (before)", gordo.base_url, calls, args.concurrency, probes
         )
         raw_one = run_raw("raw Gordo calls x1", gordo.base_url, calls, 1, probes)
+        raw_pandas = run_raw(
+            "raw x1, pandas parquet both ways", gordo.base_url, calls, 1, probes, pandas_parquet=True
+        )
         print(
             f"raw Gordo calls: {raw_before.per_second:.1f} windows/s with {args.concurrency} threads, "
             f"{raw_one.per_second:.1f} with 1",
@@ -592,8 +608,8 @@ def main() -> None:
             f"raw Gordo calls x{args.concurrency} (after)", gordo.base_url, calls, args.concurrency, probes
         )
     raw = _merge(f"raw Gordo calls x{args.concurrency} (mean)", [raw_before, raw_after])
-    print_results([raw_one, raw_before, raw_after, *results], raw)
-    print_cpu([raw_one, raw_before, raw_after, *results])
+    print_results([raw_pandas, raw_one, raw_before, raw_after, *results], raw)
+    print_cpu([raw_pandas, raw_one, raw_before, raw_after, *results])
     print(
         f"\n'vs raw' = seconds per window over those of raw Gordo calls x{args.concurrency}, "
         f"mean of before and after ({raw.per_second:.1f} windows/s)"

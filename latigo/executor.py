@@ -73,10 +73,10 @@ class Executor:
                 raise PermanentError(note)
             return State.NO_DATA, note
         X = frames.to_model_input(raw, metadata)
-        if frames.inside(X, task.window).empty:
+        if not frames.any_inside(X, task.window):
             return State.NO_DATA, f"no complete rows in {task.window}"
         with STAGE_SECONDS.labels("gordo").time():
-            answer = parts.model_execution.predict(metadata, X, X.loc[:, list(metadata.target_tags)])
+            answer = parts.model_execution.predict(metadata, X, frames.to_model_target(X, metadata))
         check("the Gordo call")
         answer = frames.inside(answer, task.window)
         if answer.empty:

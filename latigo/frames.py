@@ -93,11 +93,31 @@ def _epoch_ns(index: pd.Index) -> np.ndarray:
     return naive.to_numpy(dtype="datetime64[ns]").view("int64")
 
 
+def to_model_target(X: pd.DataFrame, metadata: ModelMetadata) -> pd.DataFrame:
+    """The target columns of the model input: ``X`` itself when the model's targets are its
+    inputs, as for most of Gordo's anomaly models."""
+    targets = list(metadata.target_tags)
+    return X if targets == list(X.columns) else X.loc[:, targets]
+
+
 def inside(frame: pd.DataFrame, window: Window) -> pd.DataFrame:
     """The rows of ``frame`` whose time lies in ``window``."""
-    times = _epoch_ns(frame.index)
+    return frame.iloc[_inside(frame.index, window)]
+
+
+def any_inside(frame: pd.DataFrame, window: Window) -> bool:
+    selected = _inside(frame.index, window)
+    return selected.stop > selected.start if isinstance(selected, slice) else len(selected) > 0
+
+
+def _inside(index: pd.Index, window: Window) -> slice | np.ndarray:
+    """Where the rows in ``window`` are: a slice of a sorted index (what Gordo answers and
+    ``to_model_input`` makes), the positions otherwise."""
+    times = _epoch_ns(index)
     start, end = (int(pd.Timestamp(moment).value) for moment in (window.start, window.end))
-    return frame.iloc[np.flatnonzero((times >= start) & (times < end))]
+    if index.is_monotonic_increasing:
+        return slice(int(np.searchsorted(times, start, "left")), int(np.searchsorted(times, end, "left")))
+    return np.flatnonzero((times >= start) & (times < end))
 
 
 def output_series(predictions: pd.DataFrame) -> tuple[list[tuple[str, str]], np.ndarray]:

@@ -113,6 +113,23 @@ def test_inside_keeps_the_half_open_window():
     assert kept.index.max() == pd.Timestamp(START + timedelta(minutes=29))
 
 
+def test_inside_an_unsorted_frame_keeps_the_same_rows():
+    frame = minutes(120, start=START - timedelta(minutes=30))
+    window = Window(START, START + timedelta(minutes=30))
+    shuffled = frame.iloc[np.random.default_rng(1).permutation(len(frame))]
+    assert frames.inside(shuffled, window).sort_index().equals(frames.inside(frame, window))
+    assert frames.any_inside(shuffled, window) and frames.any_inside(frame, window)
+    later = Window(START + timedelta(hours=5), START + timedelta(hours=6))
+    assert not frames.any_inside(frame, later) and not frames.any_inside(shuffled, later)
+
+
+def test_the_model_target_is_the_input_itself_when_the_targets_are_the_inputs():
+    X = minutes(3)
+    assert frames.to_model_target(X, META) is X
+    other = ModelMetadata("demo", "m", "1", ("A", "B"), ("B",), timedelta(minutes=10))
+    assert list(frames.to_model_target(X, other).columns) == ["B"]
+
+
 def gordo_answer(times=2):
     index = pd.date_range(START, periods=times, freq="10min", tz="UTC")
     columns = pd.MultiIndex.from_tuples(

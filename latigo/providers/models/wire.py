@@ -37,8 +37,10 @@ JSON_MAX_ROWS = 200
 def request_body(X: pd.DataFrame, y: pd.DataFrame) -> dict[str, Any]:
     """The keyword arguments of the ``requests`` call that sends X and y: a JSON body for
     short frames of finite values, parquet files otherwise."""
-    if len(X) <= JSON_MAX_ROWS and _finite(X) and _finite(y):
-        body = json.dumps({"X": _json_columns(X), "y": _json_columns(y)}, allow_nan=False)
+    if len(X) <= JSON_MAX_ROWS and _finite(X) and (y is X or _finite(y)):
+        columns = _json_columns(X)
+        targets = columns if y is X else _json_columns(y)  # y is X itself for most anomaly models
+        body = json.dumps({"X": columns, "y": targets}, allow_nan=False)
         return {"data": body.encode(), "headers": {"Content-Type": "application/json"}}
     return {"files": {"X": ("X", to_parquet(X)), "y": ("y", to_parquet(y))}}
 
@@ -68,54 +70,55 @@ def to_parquet(frame: pd.DataFrame) -> bytes:
 
 def read_answer(body: bytes) -> pd.DataFrame:
     """Gordo's parquet answer as a float frame: two-level columns (group, tag) in Gordo's
-    order, without Gordo's bookkeeping ``start`` and ``end`` (the index says
-    as much); a UTC DatetimeIndex. Anything else
-    raises PermanentError: a bad answer is not retried."""
+    order, without Gordo's bookkeeping ``start`` and ``end`` (the index says as much); a UTC
+    DatetimeIndex. Anything else raises PermanentError: a bad answer is not retried."""
     try:
         table = pq.ParquetFile(pa.BufferReader(body)).read(use_threads=False)
     except Exception as error:  # pyarrow raises several unrelated types for bad bytes
         raise PermanentError(f"answer is not parquet: {error}") from None
-    index_name = _index_column(table)
-    columns, positions = _output_columns(tuple(name for name in table.column_names if name != index_name))
+    names = tuple(table.column_names)
+    index_name = _index_column(table, names)
     index = table.column(index_name)
     if not pa.types.is_timestamp(index.type):
         raise PermanentError(f"answer is not a prediction table: its index is {index.type}, not time")
-    names = [name for name in table.column_names if name != index_name]
-    try:
-        values = np.column_stack(
-            [table.column(names[position]).to_numpy().astype("float64", copy=False) for position in positions]
-        ) if positions else np.empty((table.num_rows, 0))
-    except (pa.ArrowInvalid, TypeError, ValueError) as error:
-        raise PermanentError(f"answer is not a prediction table: a non-numeric output column ({error})") from None
+    columns, positions = _output_columns(names, index_name)
+    arrays = [table.column(position).to_numpy() for position in positions]
+    values = np.column_stack(arrays) if arrays else np.empty((table.num_rows, 0))
+    if values.dtype.kind not in "fiub":
+        raise PermanentError(f"answer is not a prediction table: a non-numeric output column ({values.dtype})")
     times = pd.DatetimeIndex(index.to_numpy().astype("datetime64[ns]")).tz_localize("UTC")
-    return pd.DataFrame(values, index=times, columns=columns, copy=False)
+    return pd.DataFrame(values.astype("float64", copy=False), index=times, columns=columns, copy=False)
 
 
-def _index_column(table: pa.Table) -> str:
+def _index_column(table: pa.Table, names: tuple[str, ...]) -> str:
     """The column pandas stored the index in, as its metadata names it."""
     metadata = (table.schema.metadata or {}).get(b"pandas")
     try:
         (name,) = json.loads(metadata)["index_columns"]
     except (TypeError, ValueError, KeyError):
         raise PermanentError("answer is not a prediction table: it has no single time index") from None
-    if not isinstance(name, str) or name not in table.column_names:
+    if not isinstance(name, str) or name not in names:
         raise PermanentError("answer is not a prediction table: it has no single time index")
     return name
 
 
 @lru_cache(maxsize=4096)
-def _output_columns(names: tuple[str, ...]) -> tuple[pd.MultiIndex, tuple[int, ...]]:
-    """The (group, tag) columns and where they are among ``names`` (pandas writes the two
-    levels as the text of a tuple: ``"('model-input', 'TAG-1')"``). Every answer of a model
-    has the same columns, so this is worked out once per model."""
-    parsed = []
-    for name in names:
+def _output_columns(names: tuple[str, ...], index_name: str) -> tuple[pd.MultiIndex, tuple[int, ...]]:
+    """The (group, tag) output columns and their positions among the table's ``names``
+    (pandas writes the two levels as the text of a tuple: ``"('model-input', 'TAG-1')"``).
+    Every answer of a model has the same columns, so this is worked out once per model."""
+    kept: list[tuple[str, str]] = []
+    positions: list[int] = []
+    for position, name in enumerate(names):
+        if name == index_name:
+            continue
         try:
             column = ast.literal_eval(name)
         except (ValueError, SyntaxError):
             column = None
         if not (isinstance(column, tuple) and len(column) == 2 and all(isinstance(part, str) for part in column)):
             raise PermanentError(f"answer is not a prediction table: column {name[:80]!r} is not (group, tag)")
-        parsed.append(column)
-    keep = tuple(position for position, (group, _) in enumerate(parsed) if group not in NON_OUTPUT_GROUPS)
-    return pd.MultiIndex.from_tuples([parsed[position] for position in keep], names=[None, None]), keep
+        if column[0] not in NON_OUTPUT_GROUPS:
+            kept.append(column)
+            positions.append(position)
+    return pd.MultiIndex.from_tuples(kept, names=[None, None]), tuple(positions)
