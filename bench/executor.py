@@ -151,10 +151,14 @@ def cpu_since(before: dict[str, float], probes: Probes) -> dict[str, float]:
 # ---------------------------------------------------------------- Latigo
 
 
-def latigo_config(url: str, gordo_url: str, windows: int, concurrency: int) -> Config:
+def latigo_config(
+    url: str, gordo_url: str, windows: int, concurrency: int, gordo_concurrency: int | None = None
+) -> Config:
+    # models.max_concurrency: calls in flight to Gordo per executor process (Latigo's default if None)
+    gordo_limit = {} if gordo_concurrency is None else {"max_concurrency": gordo_concurrency}
     return Config(
         database={"url": url},
-        models={"base_url": gordo_url, "projects": [DEMO_PROJECT]},
+        models={"base_url": gordo_url, "projects": [DEMO_PROJECT], **gordo_limit},
         schedule={
             # the newest due window plus windows - 1 before it, one window per task
             "initial_backfill": f"{(windows - 1) * int(INTERVAL.total_seconds())}s",
@@ -172,7 +176,7 @@ def latigo_config(url: str, gordo_url: str, windows: int, concurrency: int) -> C
 
 def prepare(url: str, gordo_url: str, args: argparse.Namespace, concurrency: int) -> tuple[Components, float]:
     """A fresh Latigo database (migrated) holding the sensor data of the windows; feed seconds."""
-    parts = build(latigo_config(url, gordo_url, args.windows, concurrency))
+    parts = build(latigo_config(url, gordo_url, args.windows, concurrency, args.gordo_concurrency))
     now = datetime.now(UTC)
     first = Grid(INTERVAL).last_due_end(now, DELAY) - args.windows * INTERVAL
     started = time.perf_counter()
@@ -501,23 +505,30 @@ def print_targets(results: list[Result]) -> None:
     if not latigo:
         return
     best = max(latigo, key=lambda result: result.per_second)
-    closest = min(latigo, key=lambda result: result.task_ms / result.server_ms)
     children = [result for result in latigo if result.mode == "processes"]
     rss = max((peak for result in children for peak in result.peak_rss_mib), default=float("nan"))
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
+    def ratio(result: Result) -> float:
+        return result.task_ms / result.server_ms
+
     print("\ntargets:")
     print(
         f"  >= {TARGET_WINDOWS_PER_S} windows/s: best {best.per_second:.1f} ({best.name}): "
         f"{verdict(best.per_second >= TARGET_WINDOWS_PER_S)}"
     )
-    ratio = closest.task_ms / closest.server_ms
-    print(
-        f"  e2e <= {TARGET_E2E_OVER_SERVER} x Gordo server time: best {ratio:.2f} ({closest.name}): "
-        f"{verdict(ratio <= TARGET_E2E_OVER_SERVER)}"
-    )
+    # one task at a time is the pure measure: with more in flight a task's time also holds
+    # waits for Gordo (its threads share one GIL), and Gordo's own time grows with them
+    alone = [result for result in latigo if result.in_flight == 1]
+    for result in alone:
+        print(
+            f"  e2e <= {TARGET_E2E_OVER_SERVER} x Gordo server time, one task at a time: {ratio(result):.2f}"
+            f" ({result.name}): {verdict(ratio(result) <= TARGET_E2E_OVER_SERVER)}"
+        )
+    for result in (result for result in latigo if result.in_flight > 1):
+        print(f"    with {result.in_flight} in flight ({result.name}): {ratio(result):.2f}, waits for Gordo included")
     if children:
         ok = rss * 2**20 <= TARGET_RSS_MB * 10**6
         print(
@@ -538,6 +549,11 @@ def main() -> None:
     )
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--gordo-workers", type=int, default=1, help="gunicorn workers of Gordo [default: 1]")
+    parser.add_argument(
+        "--gordo-concurrency",
+        type=int,
+        help="models.max_concurrency of each executor: calls in flight to Gordo [default: Latigo's, 4]",
+    )
     parser.add_argument(
         "--modes", default="in-process,processes,latency", help="latency: in-process, concurrency 1"
     )
