@@ -1,7 +1,7 @@
 """Backfill benchmark: Latigo against ``gordo-client predict`` on the same work, the same
 Gordo server and the same InfluxDB, in the same run.
 
-    .venv/bin/python -m bench.backfill [--models 20] [--days 30] [--runs signal:1d,sql:1d,signal:7d]
+    .venv/bin/python -m bench.backfill [--models 20] [--days 30] [--runs signal:7d,sql:7d,signal:1d]
 
 The work: ``--models`` Gordo models (``bench-01`` ...: copies of the three demo models'
 configs, same tags, built with gordo's own builder and cached under ``.gordo/``) over
@@ -511,7 +511,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument(
         "--runs",
-        default="signal:1d,sql:1d,signal:7d",
+        default="signal:7d,sql:7d,signal:1d",
         help="Latigo runs as source:max_task_span (sources: signal, sql) [default: %(default)s]",
     )
     parser.add_argument(

@@ -1,20 +1,22 @@
-"""Scheduler benchmark: plan and publish one window for N models, on SQLite (and PostgreSQL
-when ``--postgres URL`` is given). Prints time and peak Python memory per size, and each
-size's time per model as a ratio to the smallest size measured in the same run: a ratio
-near 1 means the cost grows linearly with the number of models.
+"""Scheduler benchmark: one tick planning and publishing one window for N models, on SQLite
+and on a fresh PostgreSQL 15 (fsync off). Prints time and peak Python memory per size, and
+each size's time per model as a ratio to the smallest size measured in the same run: a
+ratio near 1 means the cost grows linearly with the number of models.
 
-    .venv/bin/python -m bench.scheduler [--sizes 1000,3000,9000] [--postgres URL]
+    .venv/bin/python -m bench.scheduler [--sizes 1000,9000,100000] [--databases sqlite,postgresql]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 import tracemalloc
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench import _services as services
 from bench.fleet import Fleet
 from latigo.components import build
 from latigo.config import Config
@@ -23,7 +25,7 @@ from latigo.scheduler import Scheduler
 # the moment of the measured tick: any time works
 NOW = datetime(2026, 3, 2, 12, 7, tzinfo=timezone.utc)
 # sizes measured by default
-DEFAULT_SIZES = (1000, 3000, 9000)
+DEFAULT_SIZES = (1000, 9000, 100_000)
 
 
 def tick(database_url: str, size: int, traced: bool) -> float:
@@ -52,24 +54,27 @@ def tick(database_url: str, size: int, traced: bool) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)))
-    parser.add_argument(
-        "--postgres", help="a SQLAlchemy URL of a PostgreSQL database to measure too (the fleet's rows are added to it)"
-    )
+    parser.add_argument("--databases", default="sqlite,postgresql")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
-    with tempfile.TemporaryDirectory() as folder:
-        targets = [("sqlite", lambda size, run: f"sqlite:///{Path(folder) / f'{size}-{run}.db'}")]
-        if args.postgres:
-            targets.append(("postgresql", lambda size, run: args.postgres))
+    databases = args.databases.split(",")
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        services.postgres_server() if "postgresql" in databases else contextlib.nullcontext() as postgres,
+    ):
+        urls = {
+            "sqlite": lambda size, run: f"sqlite:///{Path(folder) / f'{size}-{run}.db'}",
+            "postgresql": lambda size, run: postgres.url(postgres.create_database()),
+        }
         print(f"{'database':<11}{'models':>8}{'seconds':>10}{'peak MiB':>10}{'per-model ratio':>17}")
-        for name, url in targets:
+        for name in databases:
             baseline = None
             for size in sizes:
-                elapsed = tick(url(size, "time"), size, traced=False)
-                peak = tick(url(size, "memory"), size, traced=True)
+                elapsed = tick(urls[name](size, "time"), size, traced=False)
+                peak = tick(urls[name](size, "memory"), size, traced=True)
                 per_model = elapsed / size
                 baseline = baseline or per_model
-                print(f"{name:<11}{size:>8}{elapsed:>10.3f}{peak:>10.1f}{per_model / baseline:>17.2f}")
+                print(f"{name:<11}{size:>8}{elapsed:>10.3f}{peak:>10.1f}{per_model / baseline:>17.2f}", flush=True)
 
 
 if __name__ == "__main__":
