@@ -17,7 +17,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Iterable, Sequence
 
-from sqlalchemy import Engine, and_, bindparam, func, insert, select, tuple_, update
+from sqlalchemy import Engine, String, and_, bindparam, column, func, insert, select, update, values
 
 from latigo import db
 from latigo.clock import Clock, system_clock
@@ -116,19 +116,25 @@ class Ledger:
             return {(project, model): latest for project, model, latest in connection.execute(query)}
 
     def watermarks_of(self, models: Sequence[tuple[str, str]]) -> dict[tuple[str, str], datetime]:
-        """The newest planned window start of the given models, at any age (an index seek
-        per model, in batches): for models without a recent window, to tell a gap from a
-        model never seen."""
+        """The newest planned window start of the given models, at any age: for models without
+        a recent window, to tell a gap from a model never seen. One index seek per model (a
+        correlated ``max`` on the primary key), in batches: a GROUP BY over an IN list would
+        scan the whole ledger."""
         found: dict[tuple[str, str], datetime] = {}
         with self._engine.connect() as connection:
             for offset in range(0, len(models), WATERMARK_BATCH):
-                batch = models[offset : offset + WATERMARK_BATCH]
-                query = (
-                    select(ledger.c.project, ledger.c.model, func.max(ledger.c.window_start))
-                    .where(tuple_(ledger.c.project, ledger.c.model).in_(batch))
-                    .group_by(ledger.c.project, ledger.c.model)
+                wanted = (
+                    values(column("project", String), column("model", String), name="wanted")
+                    .data(list(models[offset : offset + WATERMARK_BATCH]))
+                    .cte("wanted")
                 )
-                found.update({(project, model): latest for project, model, latest in connection.execute(query)})
+                newest = (
+                    select(func.max(ledger.c.window_start))
+                    .where(ledger.c.project == wanted.c.project, ledger.c.model == wanted.c.model)
+                    .scalar_subquery()
+                )
+                rows = connection.execute(select(wanted.c.project, wanted.c.model, newest))
+                found.update({(project, model): latest for project, model, latest in rows if latest is not None})
         return found
 
     def _covered(self, task: Task):

@@ -36,6 +36,8 @@ from latigo.window import Grid, Window
 
 log = logging.getLogger(__name__)
 
+# how many windows back the scheduler's scan for models' newest planned windows reaches
+RECENT_WINDOWS = 4
 # most planned history windows read per tick: with week-long tasks, a backlog's worth of
 # room would otherwise be hundreds of thousands of rows in memory at once
 HISTORY_READ_LIMIT = 100_000
@@ -138,7 +140,9 @@ class Scheduler:
         last_end = self._grid.last_due_end(now, self._schedule.delay)
         oldest = last_end - max(self._schedule.catch_up, self._schedule.interval)
         first_time = last_end - self._schedule.interval - self._schedule.initial_backfill
-        watermarks = self._ledger.watermarks(since=oldest - self._schedule.interval)
+        # a model in step has planned one of the last few windows: one scan of recent rows
+        # finds those; the others (new, or behind after downtime) are looked up one by one
+        watermarks = self._ledger.watermarks(since=last_end - RECENT_WINDOWS * self._schedule.interval)
         unseen = [(m.project, m.name) for m in models if (m.project, m.name) not in watermarks]
         if unseen:
             watermarks.update(self._ledger.watermarks_of(unseen))
