@@ -36,6 +36,9 @@ from latigo.window import Grid, Window
 
 log = logging.getLogger(__name__)
 
+# models planned, and continuous windows published, per batch of a tick: a tick's memory
+# stays that of one batch, however large the fleet
+TICK_BATCH = 10_000
 # how many windows back the scheduler's scan for models' newest planned windows reaches
 RECENT_WINDOWS = 4
 # most planned history windows read per tick: with week-long tasks, a backlog's worth of
@@ -133,19 +136,25 @@ class Scheduler:
 
     # -- planning ------------------------------------------------------------------------
 
-    def due_windows(self, models: Sequence[Model], now: datetime, report: TickReport) -> list[PlannedWindow]:
+    def watermarks(self, models: Sequence[Model], last_end: datetime) -> dict[tuple[str, str], datetime]:
+        """Each model's newest planned window start, for the models that have one. A model in
+        step has planned one of the last few windows: one scan of recent rows finds those; the
+        others (new, or behind after downtime) are looked up one by one."""
+        found = self._ledger.watermarks(since=last_end - RECENT_WINDOWS * self._schedule.interval)
+        unseen = [(m.project, m.name) for m in models if (m.project, m.name) not in found]
+        if unseen:
+            found.update(self._ledger.watermarks_of(unseen))
+        return found
+
+    def due_windows(
+        self, models: Sequence[Model], now: datetime, report: TickReport, watermarks: dict[tuple[str, str], datetime]
+    ) -> list[PlannedWindow]:
         """The windows each model still needs: from its watermark (or, for a model seen for
         the first time, the initial backfill depth) up to the newest due window, never
         further back than the catch-up limit; older gaps go into the report."""
         last_end = self._grid.last_due_end(now, self._schedule.delay)
         oldest = last_end - max(self._schedule.catch_up, self._schedule.interval)
         first_time = last_end - self._schedule.interval - self._schedule.initial_backfill
-        # a model in step has planned one of the last few windows: one scan of recent rows
-        # finds those; the others (new, or behind after downtime) are looked up one by one
-        watermarks = self._ledger.watermarks(since=last_end - RECENT_WINDOWS * self._schedule.interval)
-        unseen = [(m.project, m.name) for m in models if (m.project, m.name) not in watermarks]
-        if unseen:
-            watermarks.update(self._ledger.watermarks_of(unseen))
         planned: list[PlannedWindow] = []
         for model in models:
             watermark = watermarks.get((model.project, model.name))
@@ -165,10 +174,14 @@ class Scheduler:
         return planned
 
     def plan(self, report: TickReport) -> int:
-        """Discover models and record their due windows in the ledger; return how many were new."""
+        """Discover models and record their due windows in the ledger, ``TICK_BATCH`` models at
+        a time; return how many windows were new."""
         models = self.discover(report)
         report.models = len(models)
-        report.planned = self._ledger.plan(self.due_windows(models, report.now, report))
+        watermarks = self.watermarks(models, self._grid.last_due_end(report.now, self._schedule.delay))
+        for offset in range(0, len(models), TICK_BATCH):
+            batch = models[offset : offset + TICK_BATCH]
+            report.planned += self._ledger.plan(self.due_windows(batch, report.now, report, watermarks))
         return report.planned
 
     # -- publishing ----------------------------------------------------------------------
@@ -197,10 +210,15 @@ class Scheduler:
         while the queue's backlog is under the limit. Returns (tasks, windows) published."""
         now = now or self._clock()
         newest_end = self._grid.last_due_end(now, self._schedule.delay)
-        continuous = self._ledger.planned(ending_after=newest_end - self._schedule.interval)
-        tasks = self._tasks(continuous)
-        self._publish(tasks)
-        published_windows = len(continuous)
+        published_tasks = published_windows = 0
+        while True:  # TICK_BATCH at a time; a published batch is queued, so the next read moves on
+            continuous = self._ledger.planned(ending_after=newest_end - self._schedule.interval, limit=TICK_BATCH)
+            batch = self._tasks(continuous)
+            self._publish(batch)
+            published_tasks += len(batch)
+            published_windows += len(continuous)
+            if len(continuous) < TICK_BATCH:
+                break
         room = self._schedule.backlog_limit - self._queue.depth()
         if room > 0:
             per_task = max(1, self._schedule.max_task_span // self._schedule.interval)
@@ -212,9 +230,9 @@ class Scheduler:
             )
             history_tasks = self._tasks(history, newest_first)[:room]
             self._publish(history_tasks)
-            tasks += history_tasks
+            published_tasks += len(history_tasks)
             published_windows += sum(self._grid.count(task.start, task.end) for task in history_tasks)
-        return len(tasks), published_windows
+        return published_tasks, published_windows
 
     # -- the loop ------------------------------------------------------------------------
 

@@ -208,6 +208,26 @@ def test_backlog_limit_holds_history_back_but_never_continuous_windows(database_
         parts.close()
 
 
+def test_a_tick_in_batches_plans_and_publishes_every_model_once(database_url, gordo_server, clock, monkeypatch):
+    import latigo.scheduler
+
+    monkeypatch.setattr(latigo.scheduler, "TICK_BATCH", 2)  # 3 models: two batches each way
+    parts = build(config_for(database_url, gordo_server.base_url, initial_backfill="1h"), clock=clock)
+    try:
+        scheduler = Scheduler(parts.config, parts.model_info, parts.ledger, parts.queue, clock)
+        report = scheduler.tick()
+        models = len(gordo_server.models)
+        assert report.planned == 3 * models and report.published_windows == 3 * models
+        published = [(task.model, task.start) for task in queued_tasks(parts)]
+        assert len(published) == len(set(published))
+        assert {model for model, _ in published} == set(gordo_server.models)
+        assert sum(start == NOW.replace(minute=0) - HALF_HOUR for _, start in published) == models  # continuous
+        with parts.engine.connect() as connection:
+            assert set(connection.execute(select(ledger.c.state).distinct()).scalars()) == {State.QUEUED}
+    finally:
+        parts.close()
+
+
 def test_history_read_in_slices_is_published_whole_and_once(database_url, gordo_server, clock, monkeypatch):
     import latigo.scheduler
 
