@@ -474,7 +474,7 @@ def print_report(sides: list[Side], differences: dict[str, float]) -> None:
     latigo = [side for side in sides if side.stages]
     if latigo:
         print(
-            "\nLatigo's executors, mean ms per task (gordo = parquet both ways + HTTP; http = the HTTP call,"
+            "\nLatigo's executors, mean ms per task (gordo = encoding, HTTP and decoding; http = the HTTP call,"
             " answer read; server = Gordo's own Server-Timing):"
         )
         print(f"  {'side':<30}{'tasks':>7}{'fetch':>8}{'gordo':>8}{'http':>8}{'server':>8}{'store':>8}")
