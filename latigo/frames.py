@@ -65,7 +65,7 @@ def to_model_input(raw: pd.DataFrame, metadata: ModelMetadata) -> pd.DataFrame:
     tags = needed_tags(metadata)
     values = raw.loc[:, tags].to_numpy(dtype="float64", copy=True)
     values[~np.isfinite(values)] = np.nan
-    times = _epoch_ns(raw.index)
+    times = epoch_ns(raw.index)
     order = np.argsort(times, kind="stable")
     times, values = times[order], values[order]
     if len(times):
@@ -85,12 +85,14 @@ def to_model_input(raw: pd.DataFrame, metadata: ModelMetadata) -> pd.DataFrame:
     return pd.DataFrame(sums[complete] / counts[complete], index=index, columns=tags)
 
 
-def _epoch_ns(index: pd.Index) -> np.ndarray:
-    """Nanoseconds since the epoch of a UTC (or naive UTC) DatetimeIndex."""
+def epoch_ns(index: pd.Index) -> np.ndarray:
+    """Nanoseconds since the epoch of an aware DatetimeIndex (pandas 3 indexes may hold s, ms
+    or us)."""
     if not isinstance(index, pd.DatetimeIndex):
-        raise TypeError(f"sensor data needs a DatetimeIndex, not {type(index).__name__}")
-    naive = index.tz_convert("UTC").tz_localize(None) if index.tz is not None else index
-    return naive.to_numpy(dtype="datetime64[ns]").view("int64")
+        raise TypeError(f"times need a DatetimeIndex, not {type(index).__name__}")
+    if index.tz is None:
+        raise ValueError("naive timestamps: the index needs a time zone (UTC)")
+    return index.tz_convert("UTC").as_unit("ns").asi8
 
 
 def to_model_target(X: pd.DataFrame, metadata: ModelMetadata) -> pd.DataFrame:
@@ -113,7 +115,7 @@ def any_inside(frame: pd.DataFrame, window: Window) -> bool:
 def _inside(index: pd.Index, window: Window) -> slice | np.ndarray:
     """Where the rows in ``window`` are: a slice of a sorted index (what Gordo answers and
     ``to_model_input`` makes), the positions otherwise."""
-    times = _epoch_ns(index)
+    times = epoch_ns(index)
     start, end = (int(pd.Timestamp(moment).value) for moment in (window.start, window.end))
     if index.is_monotonic_increasing:
         return slice(int(np.searchsorted(times, start, "left")), int(np.searchsorted(times, end, "left")))

@@ -81,13 +81,6 @@ def rfc3339(moment: datetime) -> str:
     return pd.Timestamp(utc(moment)).tz_convert(None).isoformat() + "Z"
 
 
-def epoch_ns(index: pd.DatetimeIndex) -> np.ndarray:
-    """Nanoseconds since the epoch of an aware index (pandas 3 indexes may hold s, ms or us)."""
-    if index.tz is None:
-        raise ValueError("naive timestamps: the index needs a time zone (UTC)")
-    return index.tz_convert("UTC").as_unit("ns").asi8
-
-
 def time_suffixes(times_ns: np.ndarray) -> list[str]:
     """`` <nanoseconds>``: the end of a line at each time, worked out once for all the series
     that share the times."""

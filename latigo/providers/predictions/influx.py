@@ -29,9 +29,9 @@ import pandas as pd
 
 from latigo.config import InfluxPredictionsConfig
 from latigo.errors import PermanentError
-from latigo.frames import output_series
+from latigo.frames import epoch_ns, output_series
 from latigo.providers.predictions import PredictionStorageProvider
-from latigo.providers.influx import InfluxHttp, epoch_ns, escape_key, escape_measurement, float_lines, time_suffixes
+from latigo.providers.influx import InfluxHttp, escape_key, escape_measurement, float_lines, time_suffixes
 
 # the tag holding the model's name, as gordo-client writes it
 MACHINE_TAG = "machine"

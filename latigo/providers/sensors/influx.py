@@ -16,9 +16,9 @@ import pandas as pd
 
 from latigo.config import InfluxSensorsConfig
 from latigo.errors import PermanentError
+from latigo.frames import epoch_ns
 from latigo.providers.influx import (
     InfluxHttp,
-    epoch_ns,
     escape_key,
     escape_measurement,
     float_lines,
