@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from latigo.errors import PermanentError
-from latigo.frames import NON_OUTPUT_GROUPS
+from latigo.frames import NON_OUTPUT_GROUPS, epoch_ns
 
 # frames with at most this many rows are sent as JSON, longer ones as parquet (the crossover
 # measured against Gordo 6.0.4: see the module docstring)
@@ -52,14 +52,9 @@ def _finite(frame: pd.DataFrame) -> bool:
 def _json_columns(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
     """``{tag: {ISO time: value}}``, the layout Gordo's ``dataframe_from_dict`` reads; Python's
     float repr round-trips every value exactly."""
-    times = [f"{text}+00:00" for text in np.datetime_as_string(_utc_naive(frame.index), unit="us")]
+    instants = epoch_ns(frame.index).view("datetime64[ns]")
+    times = [f"{text}+00:00" for text in np.datetime_as_string(instants, unit="us")]
     return {str(tag): dict(zip(times, frame[tag].tolist())) for tag in frame.columns}
-
-
-def _utc_naive(index: pd.Index) -> np.ndarray:
-    if not isinstance(index, pd.DatetimeIndex) or index.tz is None:
-        raise ValueError("model input needs a UTC DatetimeIndex")
-    return index.tz_convert("UTC").tz_localize(None).to_numpy(dtype="datetime64[us]")
 
 
 def to_parquet(frame: pd.DataFrame) -> bytes:
