@@ -16,7 +16,11 @@ continuous operation looks like), and executors drain the queue:
 * ``in-process``: one :class:`latigo.executor.Executor` in this process, ``--concurrency``
   tasks at once (and once with concurrency 1, the per-window latency without queueing);
 * ``processes``: ``--processes`` ``latigo executor`` child processes (the product as
-  deployed), each with ``executor.concurrency`` = ``--concurrency / --processes``.
+  deployed), each with ``executor.concurrency`` = ``--concurrency / --processes``;
+* ``pipeline``: in this process, ``--concurrency`` tasks at once but one Gordo call at a
+  time (``models.max_concurrency`` 1): while Gordo works on one window, Latigo reads, stores
+  and acknowledges the others. Gordo's calls never overlap, so their times add up to its busy
+  time, and the run's time over them says how far Latigo is from keeping Gordo busy.
 
 The baseline, measured in the same run (the machine is shared and noisy): **raw Gordo
 calls** — the very frames Latigo sends, built in memory from the same synthetic data,
@@ -28,12 +32,16 @@ windows: what Latigo adds to Gordo (reading the sensor store, resampling, storin
 predictions, the ledger and the queue). One more single-threaded run sends and reads
 parquet both ways through pandas, as gordo-client does: what the wire format saves.
 
-"e2e / server" is the mean time of one task — from the executor taking the message to its
+"task/server" is the mean time of one task — from the executor taking the message to its
 acknowledgement: sensor read, resampling, encoding and decoding, the HTTP call (including any
 wait for a free Gordo thread and for the GIL), storing the predictions, the ledger update
 and the ack; not the queue poll before it — over the mean of Gordo's own time per call
 (its ``Server-Timing`` header, ``latigo_gordo_server_seconds``), which itself grows when
-Gordo's 4 threads share 2 cores with everything else.
+Gordo's 4 threads share 2 cores with everything else. "run/server" is the run's seconds
+per window over Gordo's seconds per call, for runs where Gordo served one call at a time
+(the pipeline, one task at a time, one raw thread): the end-to-end time of the work over
+Gordo's own time in it. The end-to-end target is judged on the pipeline; the latency of one
+task alone is printed beside it.
 
 Also printed: each executor stage's mean time (``latigo_stage_seconds``); the CPU
 milliseconds per window of every process (executor or raw client, Gordo's server,
@@ -46,6 +54,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import os
 import re
 import subprocess
@@ -120,6 +129,16 @@ class Result:
     feed_seconds: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per process during the run
     mode: str = "raw"  # raw, in-process or processes
+    gordo_serial: bool = False  # Gordo served one call at a time: its times add up to its busy time
+
+    @property
+    def run_over_server(self) -> float:
+        """The run's seconds per window over Gordo's own seconds per call: how much longer the
+        whole pipeline takes than Gordo's work in it (only when Gordo's calls never overlap,
+        else their times count Gordo's busy time more than once)."""
+        if not self.gordo_serial:
+            return float("nan")
+        return 1000 * self.seconds / self.windows / self.server_ms
 
     @property
     def per_second(self) -> float:
@@ -174,9 +193,11 @@ def latigo_config(
     )
 
 
-def prepare(url: str, gordo_url: str, args: argparse.Namespace, concurrency: int) -> tuple[Components, float]:
+def prepare(
+    url: str, gordo_url: str, args: argparse.Namespace, concurrency: int, gordo_concurrency: int | None
+) -> tuple[Components, float]:
     """A fresh Latigo database (migrated) holding the sensor data of the windows; feed seconds."""
-    parts = build(latigo_config(url, gordo_url, args.windows, concurrency, args.gordo_concurrency))
+    parts = build(latigo_config(url, gordo_url, args.windows, concurrency, gordo_concurrency))
     now = datetime.now(UTC)
     first = Grid(INTERVAL).last_due_end(now, DELAY) - args.windows * INTERVAL
     started = time.perf_counter()
@@ -220,9 +241,18 @@ class TimedExecutor(Executor):
 
 
 def run_in_process(
-    name: str, url: str, gordo_url: str, args: argparse.Namespace, concurrency: int, probes: Probes
+    name: str,
+    url: str,
+    gordo_url: str,
+    args: argparse.Namespace,
+    concurrency: int,
+    probes: Probes,
+    gordo_concurrency: int | None = None,
 ) -> Result:
-    parts, feed_seconds = prepare(url, gordo_url, args, concurrency)
+    """One executor in this process, ``concurrency`` tasks at once, at most
+    ``gordo_concurrency`` of them in a Gordo call (``--gordo-concurrency`` if None)."""
+    gordo_concurrency = args.gordo_concurrency if gordo_concurrency is None else gordo_concurrency
+    parts, feed_seconds = prepare(url, gordo_url, args, concurrency, gordo_concurrency)
     try:
         executor = TimedExecutor(parts)
         publish(parts, args.windows)
@@ -255,6 +285,7 @@ def run_in_process(
             feed_seconds=feed_seconds,
             cpu=cpu,
             mode="in-process",
+            gordo_serial=concurrency == 1 or gordo_concurrency == 1,
         )
     finally:
         parts.close()
@@ -264,7 +295,7 @@ def run_processes(
     name: str, url: str, gordo_url: str, args: argparse.Namespace, folder: Path, probes: Probes
 ) -> Result:
     per_process = max(1, args.concurrency // args.processes)
-    parts, feed_seconds = prepare(url, gordo_url, args, per_process)
+    parts, feed_seconds = prepare(url, gordo_url, args, per_process, args.gordo_concurrency)
     config_file = folder / f"{name.replace(' ', '-')}.yaml"
     config_file.write_text(dump_config(parts.config))
     children: list[tuple[subprocess.Popen, int, Path]] = []
@@ -405,7 +436,7 @@ def run_raw(
     session = requests.Session()
     session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=threads))
     lock = threading.Lock()
-    result = Result(name, threads, len(calls), 0.0)
+    result = Result(name, threads, len(calls), 0.0, gordo_serial=threads == 1)
 
     def one(call: Call) -> None:
         started = time.perf_counter()
@@ -450,7 +481,7 @@ def print_results(results: list[Result], raw: Result) -> None:
     print()
     print(
         f"{'run':<34}{'in flight':>10}{'windows':>9}{'seconds':>9}{'windows/s':>11}{'vs raw':>8}"
-        f"{'task ms':>9}{'server ms':>11}{'e2e/server':>12}{'peak RSS MiB':>16}"
+        f"{'task ms':>9}{'server ms':>11}{'task/server':>13}{'run/server':>12}{'peak RSS MiB':>16}"
     )
     for result in results:
         ratio = result.seconds / raw.seconds * raw.windows / result.windows
@@ -458,8 +489,12 @@ def print_results(results: list[Result], raw: Result) -> None:
         print(
             f"{result.name:<34}{result.in_flight:>10}{result.windows:>9}{result.seconds:>9.2f}"
             f"{result.per_second:>11.1f}{ratio:>8.2f}{result.task_ms:>9.1f}{result.server_ms:>11.1f}"
-            f"{result.task_ms / result.server_ms:>12.2f}{rss:>16}"
+            f"{result.task_ms / result.server_ms:>13.2f}{_number(result.run_over_server):>12}{rss:>16}"
         )
+    print(
+        "  task/server = a task's mean time (take to ack; one raw call) over Gordo's mean time per call;"
+        " run/server = the run's seconds per window over Gordo's per call, where Gordo served one call at a time"
+    )
     latigo = [result for result in results if result.stages]
     if latigo:
         print(
@@ -477,6 +512,10 @@ def print_results(results: list[Result], raw: Result) -> None:
             print(
                 f"{result.name:<34}{per['metadata']:>10.1f}" + "".join(f"{value:>8.1f}" for value in values)
             )
+
+
+def _number(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}"
 
 
 def print_cpu(results: list[Result]) -> None:
@@ -519,15 +558,18 @@ def print_targets(results: list[Result]) -> None:
         f"  >= {TARGET_WINDOWS_PER_S} windows/s: best {best.per_second:.1f} ({best.name}): "
         f"{verdict(best.per_second >= TARGET_WINDOWS_PER_S)}"
     )
-    # one task at a time is the pure measure: with more in flight a task's time also holds
-    # waits for Gordo (its threads share one GIL), and Gordo's own time grows with them
-    alone = [result for result in latigo if result.in_flight == 1]
-    for result in alone:
+    # the run's end-to-end time over Gordo's own, Gordo serving one call at a time (else its
+    # per-call times overlap, and their sum is not its busy time): how far Latigo is from
+    # keeping Gordo busy all the time, which is what the target is about
+    for result in (result for result in latigo if result.mode == "pipeline"):
         print(
-            f"  e2e <= {TARGET_E2E_OVER_SERVER} x Gordo server time, one task at a time: {ratio(result):.2f}"
-            f" ({result.name}): {verdict(ratio(result) <= TARGET_E2E_OVER_SERVER)}"
+            f"  end-to-end <= {TARGET_E2E_OVER_SERVER} x Gordo server time, the whole run over Gordo's time in it:"
+            f" {result.run_over_server:.2f} ({result.name}): {verdict(result.run_over_server <= TARGET_E2E_OVER_SERVER)}"
         )
-    for result in (result for result in latigo if result.in_flight > 1):
+    # one task alone, take to ack, over its Gordo call: the latency Latigo adds to a window
+    for result in (result for result in latigo if result.in_flight == 1):
+        print(f"    one task alone, take to ack ({result.name}): {ratio(result):.2f} of its Gordo call")
+    for result in (result for result in latigo if result.in_flight > 1 and result.mode != "pipeline"):
         print(f"    with {result.in_flight} in flight ({result.name}): {ratio(result):.2f}, waits for Gordo included")
     if children:
         ok = rss * 2**20 <= TARGET_RSS_MB * 10**6
@@ -555,7 +597,10 @@ def main() -> None:
         help="models.max_concurrency of each executor: calls in flight to Gordo [default: Latigo's, 4]",
     )
     parser.add_argument(
-        "--modes", default="in-process,processes,latency", help="latency: in-process, concurrency 1"
+        "--modes",
+        default="in-process,processes,latency,pipeline",
+        help="latency: in-process, one task at a time; pipeline: in-process, --concurrency tasks at once,"
+        " one Gordo call at a time (models.max_concurrency 1)",
     )
     args = parser.parse_args()
     databases = args.databases.split(",")
@@ -607,11 +652,15 @@ def main() -> None:
                 runs.append((f"{database} {args.processes} processes x c={per}", per, "processes"))
             if "latency" in modes:
                 runs.append((f"{database} in-process c=1", 1, "in-process"))
+            if "pipeline" in modes:
+                runs.append((f"{database} pipeline c={args.concurrency}, Gordo x1", args.concurrency, "pipeline"))
             for name, concurrency, mode in runs:
-                if mode == "in-process":
+                if mode in ("in-process", "pipeline"):
                     result = run_in_process(
-                        name, url(database, name), gordo.base_url, args, concurrency, probes
+                        name, url(database, name), gordo.base_url, args, concurrency, probes,
+                        gordo_concurrency=1 if mode == "pipeline" else None,
                     )
+                    result.mode = mode
                 else:
                     result = run_processes(name, url(database, name), gordo.base_url, args, folder, probes)
                 print(
