@@ -127,6 +127,45 @@ def upsert(connection: Connection, table: Table, rows: Sequence[Mapping[str, Any
     return len(rows)
 
 
+class PreparedUpsert:
+    """An upsert of whole rows of ``table``, compiled by SQLAlchemy once and run as one
+    ``executemany`` of the driver.
+
+    For the few hundred rows of a window's predictions SQLAlchemy's per-row parameter work
+    (a dict per row, every column's bind processor on every value) cost more than SQLite's own
+    work: 2.7 ms against 1.3 per 20-tag window. Here the caller binds each distinct value
+    once with :meth:`bind` (a window has three times and one project) and hands over plain
+    tuples in the table's column order."""
+
+    def __init__(self, engine: Engine, table: Table) -> None:
+        dialect = engine.dialect
+        statement = (postgresql.insert if dialect.name == "postgresql" else sqlite.insert)(table)
+        keys = [column.name for column in table.primary_key.columns]
+        updates = {column.name: statement.excluded[column.name] for column in table.columns if column.name not in keys}
+        compiled = statement.on_conflict_do_update(index_elements=keys, set_=updates).compile(dialect=dialect)
+        self._sql = compiled.string
+        self._names = [column.name for column in table.columns]
+        # positional drivers (SQLite's ?) take tuples, named ones (psycopg's %(name)s) mappings
+        self._positional = compiled.positiontup is not None
+        if self._positional and list(compiled.positiontup) != self._names:
+            raise RuntimeError(f"unexpected parameter order {compiled.positiontup} for {self._names}")
+        self._processors = {
+            column.name: column.type.dialect_impl(dialect).bind_processor(dialect) for column in table.columns
+        }
+
+    def bind(self, column: str, value: Any) -> Any:
+        """``value`` as the driver takes it for ``column`` (an aware time as naive UTC, ...)."""
+        processor = self._processors[column]
+        return value if processor is None or value is None else processor(value)
+
+    def execute(self, connection: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+        if not rows:
+            return 0
+        parameters = rows if self._positional else [dict(zip(self._names, row)) for row in rows]
+        connection.exec_driver_sql(self._sql, parameters)
+        return len(rows)
+
+
 def insert_new(connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
     """Insert rows whose primary key is new, ignore the others; return the new keys."""
     keys = [column for column in table.primary_key.columns]

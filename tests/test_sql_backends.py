@@ -721,6 +721,24 @@ def test_store_is_idempotent_and_the_latest_values_win(engine: Engine) -> None:
     assert stored_predictions(engine) == expected_predictions(updated, "8")
 
 
+def test_store_replaces_rows_written_through_sqlalchemy_types(engine: Engine) -> None:
+    """The store binds its parameters itself (PreparedUpsert): its times must be the very
+    values SQLAlchemy's column types write, or predictions stored by another writer (or an
+    earlier Latigo) would be duplicated instead of replaced."""
+    frame = gordo_frame()
+    rows = [
+        {"project": "p", "model": "m", "time": time, "output": output, "tag": tag, "value": -1.0, "revision": "6"}
+        for (time, output, tag) in expected_predictions(frame, "6")
+    ]
+    with engine.begin() as connection:
+        db.upsert(connection, predictions, rows)
+
+    SqlPredictions(engine).store("p", "m", "7", frame)
+
+    assert count_rows(engine, predictions) == 42
+    assert stored_predictions(engine) == expected_predictions(frame, "7")
+
+
 def test_store_keeps_nan_as_null(engine: Engine) -> None:
     frame = gordo_frame()
     frame.loc[T0 + STEP * 2, ("tag-anomaly-scaled", "T2")] = np.nan
