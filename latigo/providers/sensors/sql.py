@@ -46,14 +46,14 @@ class SqlSensors(SensorInformationProvider, SensorDataProvider):
         names: list[str] = []
         values: list[np.ndarray] = []
         with _available(), self._engine.connect() as connection:
-            result = connection.execution_options(yield_per=READ_BATCH).execute(
-                self._query(tags, start, end, self._raw_time)
-            )
+            result = connection.execute(self._query(tags, start, end, self._raw_time))
             # batch by batch into arrays: a week of a 20-tag model is 200,000 rows, and as
-            # Python row objects all at once they would hold 50 MB more at the peak
-            for rows in result.partitions():
+            # Python row objects all at once they would hold 50 MB more at the peak. (The
+            # driver holds the result in its own compact form meanwhile: a server-side cursor,
+            # SQLAlchemy's yield_per, cost PostgreSQL 0.6 ms more per continuous window.)
+            for rows in result.partitions(READ_BATCH):
                 batch_times, batch_names, batch_values = zip(*rows)
-                times.append(np.array(batch_times, dtype="datetime64[us]"))
+                times.append(_datetime64(batch_times))
                 names.extend(batch_names)
                 values.append(np.array(batch_values, dtype="float64"))
         if not names:
@@ -83,3 +83,11 @@ class SqlSensors(SensorInformationProvider, SensorDataProvider):
 
 def _available():
     return db.translate_outage("sensor store")
+
+
+def _datetime64(times: Sequence[str | datetime]) -> np.ndarray:
+    """Naive UTC times as the driver gave them, in bulk: numpy parses SQLite's text ten times
+    faster than pandas, pandas converts PostgreSQL's datetimes ten times faster than numpy."""
+    if isinstance(times[0], str):
+        return np.array(times, dtype="datetime64[us]")
+    return pd.DatetimeIndex(times).as_unit("us").to_numpy()
