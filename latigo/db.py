@@ -139,7 +139,10 @@ class PreparedUpsert:
 
     def __init__(self, engine: Engine, table: Table) -> None:
         dialect = engine.dialect
-        statement = (postgresql.insert if dialect.name == "postgresql" else sqlite.insert)(table)
+        inserts = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+        if dialect.name not in inserts:
+            raise NotImplementedError(f"upserts are not implemented for {dialect.name}")
+        statement = inserts[dialect.name](table)
         keys = [column.name for column in table.primary_key.columns]
         updates = {column.name: statement.excluded[column.name] for column in table.columns if column.name not in keys}
         compiled = statement.on_conflict_do_update(index_elements=keys, set_=updates).compile(dialect=dialect)
