@@ -18,7 +18,7 @@ import sqlalchemy
 import sqlalchemy.exc
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, Engine, Table, event
+from sqlalchemy import Connection, Dialect, Engine, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
 
 from latigo.errors import TransientError
@@ -99,13 +99,23 @@ def upgrade(engine: Engine) -> None:
     command.upgrade(alembic_config(engine), "head")
 
 
-def _insert(connection: Connection, table: Table):
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
+def _insert(dialect: Dialect, table: Table):
+    if dialect.name == "postgresql":
         return postgresql.insert(table)
-    if dialect == "sqlite":
+    if dialect.name == "sqlite":
         return sqlite.insert(table)
-    raise NotImplementedError(f"upserts are not implemented for {dialect}")
+    raise NotImplementedError(f"upserts are not implemented for {dialect.name}")
+
+
+def _upsert_statement(dialect: Dialect, table: Table, columns: Iterable[str]):
+    """INSERT of ``columns`` that replaces the non-key ones where the primary key exists
+    (and does nothing where every column is a key)."""
+    statement = _insert(dialect, table)
+    keys = [column.name for column in table.primary_key.columns]
+    updates = {name: statement.excluded[name] for name in columns if name not in keys}
+    if not updates:
+        return statement.on_conflict_do_nothing(index_elements=keys)
+    return statement.on_conflict_do_update(index_elements=keys, set_=updates)
 
 
 def _chunks(rows: Sequence[Mapping[str, Any]]) -> Iterable[Sequence[Mapping[str, Any]]]:
@@ -118,12 +128,8 @@ def upsert(connection: Connection, table: Table, rows: Sequence[Mapping[str, Any
     write that makes redelivered tasks harmless."""
     if not rows:
         return 0
-    keys = [column.name for column in table.primary_key.columns]
     for chunk in _chunks(rows):
-        statement = _insert(connection, table)
-        updates = {name: statement.excluded[name] for name in chunk[0] if name not in keys}
-        statement = statement.on_conflict_do_update(index_elements=keys, set_=updates) if updates else statement.on_conflict_do_nothing(index_elements=keys)
-        connection.execute(statement, list(chunk))
+        connection.execute(_upsert_statement(connection.dialect, table, chunk[0]), list(chunk))
     return len(rows)
 
 
@@ -139,15 +145,9 @@ class PreparedUpsert:
 
     def __init__(self, engine: Engine, table: Table) -> None:
         dialect = engine.dialect
-        inserts = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
-        if dialect.name not in inserts:
-            raise NotImplementedError(f"upserts are not implemented for {dialect.name}")
-        statement = inserts[dialect.name](table)
-        keys = [column.name for column in table.primary_key.columns]
-        updates = {column.name: statement.excluded[column.name] for column in table.columns if column.name not in keys}
-        compiled = statement.on_conflict_do_update(index_elements=keys, set_=updates).compile(dialect=dialect)
-        self._sql = compiled.string
         self._names = [column.name for column in table.columns]
+        compiled = _upsert_statement(dialect, table, self._names).compile(dialect=dialect)
+        self._sql = compiled.string
         # positional drivers (SQLite's ?) take tuples, named ones (psycopg's %(name)s) mappings
         self._positional = compiled.positiontup is not None
         if self._positional and list(compiled.positiontup) != self._names:
@@ -176,7 +176,7 @@ def insert_new(connection: Connection, table: Table, rows: Sequence[Mapping[str,
     # INSERTs itself ("insertmanyvalues"): compiling one statement with thousands of VALUES
     # tuples cost more than the insert
     statement = (
-        _insert(connection, table)
+        _insert(connection.dialect, table)
         .on_conflict_do_nothing(index_elements=[key.name for key in keys])
         .returning(*keys)
     )
