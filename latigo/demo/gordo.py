@@ -3,22 +3,26 @@
 Gordo pins old libraries (pandas<2, numpy<2), so it cannot share Latigo's virtualenv. This
 module never imports gordo: it drives a separate virtualenv by subprocess.
 
-* :func:`ensure_venv` creates that virtualenv with gordo's light install (no TensorFlow)
-  from the exact pins in ``gordo-requirements.txt``, plus the import shim
-  ``latigo_gordo_shim.py`` that answers gordo's TensorFlow/Keras imports.
-* :func:`build_models` trains the demo models (``latigo.demo.models``) with gordo's own
-  builder on the synthetic process of ``latigo.demo.signals``.
+* :func:`ensure_venv` creates that virtualenv from exact pins: by default gordo's light
+  install (no TensorFlow) from ``gordo-requirements.txt``, plus the import shim
+  ``latigo_gordo_shim.py`` that answers gordo's TensorFlow/Keras imports; or, for windowed
+  models (Keras LSTMs, which the shim cannot stand in for), the full install from
+  ``gordo-full-requirements.txt`` without the shim, in :data:`FULL_VENV`.
+* :func:`build_models` trains the demo models (``latigo.demo.models``), or any others given,
+  with gordo's own builder on the synthetic process of ``latigo.demo.signals``.
 * :func:`serve` starts gunicorn on 127.0.0.1 and waits until it answers; :func:`stop` ends it.
 
-Command line, from the repository root with Latigo's virtualenv::
+Command line, from the repository root with Latigo's virtualenv (the light install: the
+demo models need no TensorFlow)::
 
     python -m latigo.demo.gordo setup              # virtualenv + models under .gordo/
     python -m latigo.demo.gordo build [--force]    # (re)build the models
     python -m latigo.demo.gordo serve --port 5555  # setup if needed, serve until Ctrl-C/SIGTERM
 
 Everything is idempotent: a virtualenv or a model is redone only when what it was made
-from (pins, shim, model config, data generator) changed. A running server keeps the models
-it has loaded in memory: restart it after a rebuild.
+from (pins, shim, model config, data generator, the virtualenv it was built with)
+changed. A running server keeps the models it has loaded in memory: restart it after a
+rebuild.
 """
 
 from __future__ import annotations
@@ -48,8 +52,10 @@ from latigo.demo.models import DEMO_PROJECT, demo_models
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # where the local Gordo lives by default (git-ignored)
 GORDO_HOME = REPO_ROOT / ".gordo"
-# default Gordo virtualenv
+# default Gordo virtualenv: the light install, for the demo
 DEFAULT_VENV = GORDO_HOME / "venv"
+# Gordo virtualenv with TensorFlow, for windowed (Keras LSTM) models: 2.4 GB, so only on demand
+FULL_VENV = GORDO_HOME / "venv-full"
 # default model collection root: one folder per revision, one per model inside
 DEFAULT_ROOT = GORDO_HOME / "models"
 # default gunicorn log of the command line server
@@ -59,18 +65,22 @@ DEFAULT_REVISION = "1769904000"
 # default port of the command line server
 DEFAULT_PORT = 5555
 
-# exact pins of everything installed into the Gordo virtualenv (installed with --no-deps)
+# exact pins of everything installed into the light Gordo virtualenv (installed with --no-deps)
 REQUIREMENTS = Path(__file__).with_name("gordo-requirements.txt")
-# import shim copied into the Gordo virtualenv's site-packages
+# exact pins of the full install, TensorFlow included (installed with --no-deps, no shim)
+FULL_REQUIREMENTS = Path(__file__).with_name("gordo-full-requirements.txt")
+# import shim copied into the light Gordo virtualenv's site-packages
 SHIM = Path(__file__).with_name("latigo_gordo_shim.py")
-# sources whose change must retrain the models: they define the training data
+# sources whose change must retrain the models: they define the training data (the venv's
+# pins count too: each build marker records the marker of the virtualenv it was built with)
 BUILD_INPUTS = (
     Path(__file__).with_name("signals.py"),
     Path(__file__).with_name("gordo_provider.py"),
-    REQUIREMENTS,
 )
 # file in the virtualenv recording what it was made from
 VENV_MARKER = "latigo-gordo-spec.txt"
+# infix of the name an outdated virtualenv is renamed to (".<name><infix><pid>") while deleted
+VENV_ASIDE = ".removing-"
 # file in each model folder recording what it was built from
 BUILD_MARKER = "latigo-build-spec.json"
 
@@ -84,6 +94,8 @@ BUILD_TIMEOUT_S = 600
 BUILD_WORKERS = 2
 # how long the server may take to answer /healthcheck, seconds
 START_TIMEOUT_S = 30.0
+# the same for a full install's server (imports TensorFlow): 2.7-3.3 s here, 4.9 s cold on busy cores
+FULL_START_TIMEOUT_S = 60.0
 # how often the start-up wait looks at the server, seconds
 START_POLL_S = 0.1
 # how long a stopping server may take before it is killed, seconds
@@ -101,16 +113,27 @@ class GordoError(RuntimeError):
 # ---------------------------------------------------------------- virtualenv
 
 
-def ensure_venv(venv_dir: Path = DEFAULT_VENV, python: str = sys.executable) -> Path:
-    """Make ``venv_dir`` a Gordo virtualenv matching ``gordo-requirements.txt``; return it.
+def ensure_venv(
+    venv_dir: Path = DEFAULT_VENV,
+    python: str = sys.executable,
+    *,
+    requirements: Path = REQUIREMENTS,
+    shim: bool = True,
+) -> Path:
+    """Make ``venv_dir`` a Gordo virtualenv matching ``requirements``; return it.
 
-    Fast when it already matches (a marker file records the pins and the shim); otherwise
-    the folder is recreated from scratch with ``python -m venv`` and ``pip install
-    --no-deps -r gordo-requirements.txt``, the shim is installed, and gordo's server is
-    imported once as a check. Safe to call from several processes at once.
+    The defaults make the light install (with the shim) that the demo uses; windowed
+    models need ``ensure_venv(FULL_VENV, requirements=FULL_REQUIREMENTS, shim=False)``,
+    whose TensorFlow is real. Fast when it already matches (a marker file records the
+    Python version, the requirements file's name and pins, and the shim); otherwise the
+    folder is recreated from scratch with ``python -m venv`` and ``pip install --no-deps
+    -r <requirements>``, the shim is installed if asked for, and gordo's server is
+    imported once as a check (TensorFlow too when there is no shim to answer it). Safe to
+    call from several processes at once.
     """
     venv_dir = Path(venv_dir).absolute()
-    spec = _venv_spec(python)
+    requirements = Path(requirements)
+    spec = _venv_spec(python, requirements, shim)
     marker = venv_dir / VENV_MARKER
     with _locked(venv_dir):
         if marker.is_file() and marker.read_text() == spec:
@@ -128,14 +151,18 @@ def ensure_venv(venv_dir: Path = DEFAULT_VENV, python: str = sys.executable) -> 
                 "--disable-pip-version-check",
                 "--no-input",
                 "-r",
-                str(REQUIREMENTS),
+                str(requirements),
             ],
             timeout=INSTALL_TIMEOUT_S,
             what="install gordo into its venv",
         )
-        _install_shim(venv_python)
+        modules = "gordo.server.server, gordo.cli.cli, gordo_core"
+        if shim:
+            _install_shim(venv_python)
+        else:
+            modules += ", tensorflow, keras"
         _run(
-            [venv_python, "-c", "import gordo.server.server, gordo.cli.cli, gordo_core"],
+            [venv_python, "-c", f"import {modules}"],
             timeout=IMPORT_CHECK_TIMEOUT_S,
             what="import gordo in its venv",
         )
@@ -143,8 +170,9 @@ def ensure_venv(venv_dir: Path = DEFAULT_VENV, python: str = sys.executable) -> 
     return venv_dir
 
 
-def _venv_spec(python: str) -> str:
-    """What a Gordo virtualenv is made from: Python version, the pins and the shim's digest."""
+def _venv_spec(python: str, requirements: Path, shim: bool) -> str:
+    """What a Gordo virtualenv is made from: Python version, which requirements file and its
+    pins, and the shim's digest (or that there is none)."""
     version = subprocess.run(
         [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
         capture_output=True,
@@ -152,16 +180,29 @@ def _venv_spec(python: str) -> str:
         timeout=30,
         check=True,
     ).stdout.strip()
-    return f"python {version}\nshim sha256 {_digest(SHIM)}\n{REQUIREMENTS.read_text()}"
+    shim_line = f"shim sha256 {_digest(SHIM)}" if shim else "shim none"
+    return f"python {version}\nrequirements {requirements.name}\n{shim_line}\n{requirements.read_text()}"
 
 
 def _remove_venv(venv_dir: Path) -> None:
-    """Delete an outdated virtualenv; refuse a folder that is neither empty nor a virtualenv."""
+    """Delete an outdated virtualenv; refuse a folder that is neither empty nor a virtualenv.
+
+    The folder is renamed aside first and deleted there, so a deletion cut short (a killed
+    process; a server of the old virtualenv still writing ``__pycache__``) never leaves a
+    half-deleted virtualenv under its name, which would then be refused as "not a
+    virtualenv"; what is left aside is deleted by the next call. A folder holding our
+    marker counts as a virtualenv (one half deleted by an older version of this function).
+    """
+    for leftover in venv_dir.parent.glob(f".{venv_dir.name}{VENV_ASIDE}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
     if not venv_dir.exists():
         return
-    if not (venv_dir / "pyvenv.cfg").is_file() and any(venv_dir.iterdir()):
+    ours = (venv_dir / "pyvenv.cfg").is_file() or (venv_dir / VENV_MARKER).is_file()
+    if not ours and any(venv_dir.iterdir()):
         raise GordoError(f"{venv_dir} exists and is not a virtualenv; not touching it")
-    shutil.rmtree(venv_dir)
+    aside = venv_dir.with_name(f".{venv_dir.name}{VENV_ASIDE}{os.getpid()}")
+    venv_dir.rename(aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _install_shim(venv_python: str) -> None:
@@ -196,8 +237,10 @@ def build_models(
 ) -> Path:
     """Build ``models`` (default: the demo models) into ``<collection_root>/<revision>/<name>``.
 
-    Uses gordo's own builder, ``BUILD_WORKERS`` at a time. A model whose folder has a
-    ``model.pkl`` built from the same config and data generator is kept unless ``force``.
+    Uses gordo's own builder from ``venv_dir`` (made by :func:`ensure_venv`),
+    ``BUILD_WORKERS`` at a time. A model whose folder has a ``model.pkl`` built from the
+    same config and data generator with the same virtualenv (its marker: Python, pins,
+    shim) is kept unless ``force``.
     Each model is built in a staging folder beside ``collection_root`` and moved into place
     when complete, so the server never sees a half-built model. Returns the revision folder.
     """
@@ -205,33 +248,42 @@ def build_models(
         raise ValueError(f"gordo revisions are digits only, got {revision!r}")
     models = demo_models() if models is None else models
     collection_root = Path(collection_root).absolute()
+    venv_dir = Path(venv_dir).absolute()
+    venv_marker = venv_dir / VENV_MARKER
+    if not venv_marker.is_file():
+        raise GordoError(f"{venv_dir} is not a Gordo virtualenv; run ensure_venv() first")
+    venv_spec = venv_marker.read_text()
     revision_dir = collection_root / revision
     revision_dir.mkdir(parents=True, exist_ok=True)
     with _locked(collection_root):
-        todo = [m for m in models if force or not _is_built(revision_dir / m["name"], m)]
+        todo = [m for m in models if force or not _is_built(revision_dir / m["name"], m, venv_spec)]
         with ThreadPoolExecutor(max_workers=BUILD_WORKERS) as pool:
-            outcomes = list(pool.map(lambda m: _build_one(venv_dir, revision_dir, m), todo))
+            outcomes = list(pool.map(lambda m: _build_one(venv_dir, revision_dir, m, venv_spec), todo))
     failures = [message for message in outcomes if message]
     if failures:
         raise GordoError("building Gordo models failed:\n" + "\n\n".join(failures))
     return revision_dir
 
 
-def _build_spec(config: dict) -> str:
-    """What a model is built from: its config and the digests of the build inputs."""
+def _build_spec(config: dict, venv_spec: str) -> str:
+    """What a model is built from: its config, the digests of the build inputs, and the
+    digest of the marker of the virtualenv that builds it (so new pins retrain it)."""
     inputs = {path.name: _digest(path) for path in BUILD_INPUTS}
+    inputs[VENV_MARKER] = hashlib.sha256(venv_spec.encode()).hexdigest()
     return json.dumps({"config": config, "inputs": inputs}, sort_keys=True, indent=1)
 
 
-def _is_built(model_dir: Path, config: dict) -> bool:
+def _is_built(model_dir: Path, config: dict, venv_spec: str) -> bool:
     """Whether ``model_dir`` holds a model built from ``config`` and the current inputs."""
     marker = model_dir / BUILD_MARKER
     return (
-        (model_dir / "model.pkl").is_file() and marker.is_file() and marker.read_text() == _build_spec(config)
+        (model_dir / "model.pkl").is_file()
+        and marker.is_file()
+        and marker.read_text() == _build_spec(config, venv_spec)
     )
 
 
-def _build_one(venv_dir: Path, revision_dir: Path, config: dict) -> str | None:
+def _build_one(venv_dir: Path, revision_dir: Path, config: dict, venv_spec: str) -> str | None:
     """Build one model and move it into ``revision_dir``; the error text, or None on success."""
     name = config["name"]
     staging = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=revision_dir.parent.parent))
@@ -251,7 +303,7 @@ def _build_one(venv_dir: Path, revision_dir: Path, config: dict) -> str | None:
             return f"{name}: gordo build took over {BUILD_TIMEOUT_S} s"
         if done.returncode != 0 or not (output / "model.pkl").is_file():
             return f"{name}: gordo build exited {done.returncode}:\n{_tail(done.stdout + done.stderr)}"
-        (output / BUILD_MARKER).write_text(_build_spec(config))
+        (output / BUILD_MARKER).write_text(_build_spec(config, venv_spec))
         target = revision_dir / name
         if target.exists():
             shutil.rmtree(target)
@@ -275,9 +327,11 @@ def serve(
 ) -> subprocess.Popen:
     """Start Gordo's server on 127.0.0.1:``port`` for the models in ``revision_dir``.
 
-    gunicorn with ``workers`` workers (1 by default), gthread, 4 threads, in its own session, output to ``log_file``.
-    Returns once ``/healthcheck`` answers 200; raises :class:`GordoError` with the log's tail
-    if the port is taken, the server dies, or it does not answer within ``start_timeout``.
+    gunicorn with ``workers`` workers (1 by default), gthread, 4 threads, in its own session,
+    output to ``log_file``. Returns once ``/healthcheck`` answers 200; raises
+    :class:`GordoError` with the log's tail if the port is taken, the server dies, or it
+    does not answer within ``start_timeout`` (for a full install's server, which imports
+    TensorFlow, pass :data:`FULL_START_TIMEOUT_S`).
     Sibling folders of ``revision_dir`` are served as other revisions. End it with :func:`stop`.
     """
     if not _port_is_free(port):
