@@ -20,6 +20,7 @@ from pydantic import (
     AwareDatetime,
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Discriminator,
     Field,
@@ -195,6 +196,9 @@ class InfluxPredictionsConfig(InfluxConfig):
     type: Literal["influx"]
     extra_tags: dict[str, str] = Field(default_factory=dict)
     batch_size: int = Field(10000, ge=1)
+    # a tag key for the project (none in gordo-client's layout): needed when two projects
+    # share the database and a model name, or their points would be one series
+    project_tag: str = ""
 
 
 class SqlQueueConfig(Section):
@@ -251,6 +255,8 @@ class ExecutorConfig(Section):
     task_deadline: Duration = timedelta(minutes=10)
     missing_tags: Literal["no_data", "retry", "dead"] = "no_data"
     shutdown_grace: Duration = timedelta(seconds=30)
+    # a bigger queue message is dead-lettered unread: a task is a few hundred bytes
+    max_message_size: ByteSize = Field(ByteSize(1 << 20), gt=0)
 
 
 class RunConfig(Section):

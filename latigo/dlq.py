@@ -22,6 +22,8 @@ from latigo.queues import TaskQueue
 from latigo.schema import dead_letters
 from latigo.task import Task
 
+# the reason of a dead letter whose message was not a task that can run
+MALFORMED = "malformed"
 # characters of a dead letter's error shown in a listing line
 ERROR_SHOWN = 300
 
@@ -97,10 +99,14 @@ def replay(
 ) -> ReplayReport:
     report = ReplayReport()
     with engine.connect() as connection:
-        chosen = [(row.id, bytes(row.body)) for row in connection.execute(_selection(ids, models, everything))]
+        chosen = [(row.id, row.reason, bytes(row.body)) for row in connection.execute(_selection(ids, models, everything))]
     tasks: list[tuple[int, Task]] = []
-    for letter_id, body in chosen:
+    for letter_id, reason, body in chosen:
         try:
+            # a malformed letter is never a task, even when its body parses: off the grid, too
+            # long or for another project, it would rewrite windows nobody planned
+            if reason == MALFORMED:
+                raise MalformedTask(reason)
             task = Task.from_json(body)
         except MalformedTask:
             (report.dropped if drop_malformed else report.malformed).append(letter_id)

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import timedelta
 from time import monotonic
 
-from latigo import frames, logs
+import pandas as pd
+
+from latigo import frames, logs, runs
 from latigo.components import Components
 from latigo.errors import MalformedTask, PermanentError, RevisionGone, TransientError
-from latigo.ledger import State
+from latigo.ledger import Outcome, State
 from latigo.metrics import HEALTH, STAGE_SECONDS, TASK_FAILURES, TASKS_HANDLED
+from latigo.providers.models import ModelMetadata
 from latigo.queues import Message
 from latigo.retry import backoff
-from latigo.task import Task
+from latigo.task import Task, TaskRules
+from latigo.window import Grid, Window
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +45,26 @@ class Executor:
         self._settings = parts.config.executor
         self._margin = parts.config.models.data_margin
         self._grace = parts.config.executor.shutdown_grace
+        schedule = parts.config.schedule
+        self._grid = Grid(schedule.interval, schedule.anchor)
+        self._rules = TaskRules(
+            self._grid, schedule.max_task_span, frozenset(parts.config.models.projects),
+            int(parts.config.executor.max_message_size),
+        )
         self.handled = 0
         # tasks still running when the grace period ended
         self.unfinished = 0
 
     # -- one task ----------------------------------------------------------------------
 
-    def process(self, task: Task) -> tuple[State, str | None]:
-        """Predict one task and store the result; return the windows' state and a note."""
+    def process(self, task: Task) -> list[Outcome]:
+        """Predict one task, replace what is stored for its span, and return each window's
+        outcome.
+
+        The model input is cut into contiguous runs (``latigo.runs``) and each run worth it is
+        one Gordo call, so no call spans a data gap; windows get their rows from whichever
+        runs cover them, and a window with none is ``no_data`` with the reason, however many
+        windows the task holds."""
         parts = self._parts
         deadline = monotonic() + self._settings.task_deadline.total_seconds()
 
@@ -59,31 +76,54 @@ class Executor:
             metadata = parts.model_info.metadata(task.project, task.model, task.revision)
         with STAGE_SECONDS.labels("fetch").time():
             raw = parts.sensors.data(
-                frames.needed_tags(metadata), frames.data_start(task.start, metadata, self._margin), task.end
+                frames.needed_tags(metadata),
+                frames.data_start(task.start, metadata, self._margin),
+                frames.data_end(task.end, metadata),
             )
         check("fetching sensor data")
-        if raw.empty:
-            return State.NO_DATA, f"no sensor data in {task.window}"
-        missing = frames.missing_tags(raw, metadata)
-        if missing:
-            note = f"no data for tags {', '.join(missing)} in {task.window}"
+        windows = list(self._grid.windows(task.start, task.end))
+        tags = frames.needed_tags(metadata)
+        missing = frames.missing_per_window(raw, tags, windows)
+        partly = [(window, gone) for window, gone in zip(windows, missing) if gone and len(gone) < len(tags)]
+        if partly and self._settings.missing_tags != "no_data":
+            window, gone = partly[0]
+            note = f"no data for tags {', '.join(gone)} in {window}"
             if self._settings.missing_tags == "retry":  # the data may arrive late
                 raise TransientError(note)
-            if self._settings.missing_tags == "dead":
-                raise PermanentError(note)
-            return State.NO_DATA, note
-        X = frames.to_model_input(raw, metadata)
-        if not frames.any_inside(X, task.window):
-            return State.NO_DATA, f"no complete rows in {task.window}"
-        with STAGE_SECONDS.labels("gordo").time():
-            answer = parts.model_execution.predict(metadata, X, frames.to_model_target(X, metadata))
-        check("the Gordo call")
-        answer = frames.inside(answer, task.window)
-        if answer.empty:
-            return State.NO_DATA, f"Gordo answered no rows inside {task.window}"
+            raise PermanentError(note)
+        complete = not raw.empty and not frames.missing_tags(raw, metadata)
+        X = frames.to_model_input(raw, metadata) if complete else frames.empty_frame()
+        times = frames.epoch_ns(X.index)
+        step = frames.step_ns(metadata.resolution)
+        planned = runs.plan(times, step, metadata.lookback, task.window)
+        answers = []
+        for run in planned.calls:
+            rows = X.iloc[run]
+            with STAGE_SECONDS.labels("gordo").time():
+                answer = parts.model_execution.predict(metadata, rows, frames.to_model_target(rows, metadata))
+            check("a Gordo call")
+            first = runs.predicted(times, run, metadata.lookback)
+            answers.append(frames.inside(answer, Window(max(task.start, frames.utc_of(first)), task.end)))
+        predictions = (answers[0] if len(answers) == 1 else pd.concat(answers)) if answers else frames.empty_frame()
         with STAGE_SECONDS.labels("store").time():
-            parts.predictions.store(task.project, task.model, task.revision, answer)
-        return State.DONE, None
+            parts.predictions.store(task.project, task.model, task.revision, task.window, predictions)
+        accounted = runs.account(windows, step, times, frames.epoch_ns(predictions.index), metadata.lookback)
+        return [self._outcome(rows, gone, len(tags), metadata) for rows, gone in zip(accounted, missing)]
+
+    @staticmethod
+    def _outcome(rows: runs.WindowRows, missing: list[str], tags: int, metadata: ModelMetadata) -> Outcome:
+        """A window's ledger outcome: done with any rows stored (its note says what is
+        missing), no_data without, the reason named, all from the window's own data."""
+        note = rows.note
+        count = f"{rows.stored} of {rows.expected} rows"
+        if rows.expected == 0:
+            note = f"{count}: the model's resolution ({metadata.resolution}) puts no row in the window"
+        elif len(missing) == tags:
+            note = f"{count}: no sensor data in the window"
+        elif missing:
+            note = f"{count}: no data for tags {', '.join(missing)} in the window"
+        state = State.NO_DATA if rows.empty else State.DONE
+        return Outcome(rows.window, state, note, rows.stored, rows.expected)
 
     def handle(self, message: Message) -> State:
         """Process one message to its end: acknowledged, dead-lettered, or released for a retry."""
@@ -94,10 +134,10 @@ class Executor:
     def _handle(self, message: Message) -> State:
         parts = self._parts
         try:
-            task = Task.from_json(message.body)
+            task = self._rules.parse(message.body)
         except MalformedTask as error:
             log.error("dead-lettering a malformed message: %s", error)
-            parts.ledger.dead_letter(message.body, "malformed", str(error), message.deliveries)
+            parts.ledger.dead_letter(self._rules.kept(message.body), "malformed", str(error), message.deliveries)
             parts.queue.ack(message)
             return State.DEAD
         with logs.task_context(
@@ -118,7 +158,7 @@ class Executor:
             return State.DEAD
         started = monotonic()
         try:
-            state, note = self.process(task)
+            outcomes = self.process(task)
         except RevisionGone as error:
             return self._replan(message, task, error)
         except PermanentError as error:
@@ -131,13 +171,16 @@ class Executor:
             if not isinstance(error, TransientError):
                 log.exception("task %s %s: unexpected error", task.id, task.key)
             return self._retry_or_give_up(message, task, error)
-        parts.ledger.finish(task, state, note)
+        parts.ledger.record(task, outcomes)
         parts.queue.ack(message)
+        states = Counter(outcome.state.value for outcome in outcomes)
+        partial = sum(1 for o in outcomes if o.state == State.DONE and o.stored_rows != o.expected_rows)
         log.info(
-            "task %s %s %s %s in %.2fs%s",
-            task.id, task.key, task.window, state.value, monotonic() - started, f" ({note})" if note else "",
+            "task %s %s %s: %s%s in %.2fs",
+            task.id, task.key, task.window, ", ".join(f"{count} {state}" for state, count in sorted(states.items())),
+            f" ({partial} partial)" if partial else "", monotonic() - started,
         )
-        return state
+        return State.DONE if states[State.DONE.value] else State.NO_DATA
 
     def _retry_or_give_up(self, message: Message, task: Task, error: Exception) -> State:
         parts = self._parts

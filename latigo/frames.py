@@ -22,10 +22,25 @@ NON_OUTPUT_GROUPS = frozenset({"start", "end"})
 
 
 def data_start(window_start: datetime, metadata: ModelMetadata, margin: int) -> datetime:
-    """Where to start reading sensor data so that Gordo's first answered row is at or before
-    ``window_start``: windowed models drop ``offset`` rows, and a ``margin`` of extra rows
-    covers resampling edges."""
-    return window_start - metadata.resolution * (metadata.offset + margin)
+    """Where to start reading sensor data so that the first row of the window can be
+    predicted: windowed models need ``lookback`` rows before it, and a ``margin`` of extra
+    rows covers resampling edges. On a resolution step, so the first bucket is whole."""
+    return _step_floor(window_start, metadata.resolution) - metadata.resolution * (metadata.lookback + margin)
+
+
+def data_end(window_end: datetime, metadata: ModelMetadata) -> datetime:
+    """Where to stop reading: the end of the last resolution bucket that starts in the window,
+    so that bucket is the mean of all its samples however the windows are grouped into tasks
+    (a resolution need not divide the window interval)."""
+    floor = _step_floor(window_end, metadata.resolution)
+    return floor if floor == window_end else floor + metadata.resolution
+
+
+def _step_floor(moment: datetime, step: timedelta) -> datetime:
+    """The latest multiple of ``step`` since the epoch at or before ``moment`` (Gordo's and
+    ``to_model_input``'s buckets lie on that grid)."""
+    epoch = datetime(1970, 1, 1, tzinfo=moment.tzinfo)
+    return epoch + (moment - epoch) // step * step
 
 
 def needed_tags(metadata: ModelMetadata) -> list[str]:
@@ -37,16 +52,49 @@ def missing_tags(raw: pd.DataFrame, metadata: ModelMetadata) -> list[str]:
     return [tag for tag in needed_tags(metadata) if tag not in raw.columns]
 
 
+def missing_per_window(raw: pd.DataFrame, tags: Sequence[str], windows: Sequence[Window]) -> list[list[str]]:
+    """For each window, the tags of ``tags`` without a single value in it (all of them: no
+    data at all). Decided window by window, never over the whole read, so a window's outcome
+    is the same whichever task it is in and however far the read reaches around it."""
+    times = epoch_ns(raw.index)
+    order = np.argsort(times, kind="stable")
+    has = np.zeros((len(raw), len(tags)), dtype=np.int64)
+    for position, tag in enumerate(tags):
+        if tag in raw.columns:
+            has[:, position] = raw[tag].notna().to_numpy()
+    counts = np.vstack([np.zeros((1, len(tags)), dtype=np.int64), np.cumsum(has[order], axis=0)])
+    sorted_times = times[order]
+    edges = [(_ns_of(window.start), _ns_of(window.end)) for window in windows]
+    found = []
+    for start, end in edges:
+        first, last = np.searchsorted(sorted_times, [start, end])
+        present = counts[last] - counts[first]
+        found.append([tag for tag, count in zip(tags, present) if count == 0])
+    return found
+
+
+def _ns_of(moment: datetime) -> int:
+    return int(pd.Timestamp(moment).value)
+
+
 def pivot(times: np.ndarray, tags: Sequence[str], values: np.ndarray, wanted: Sequence[str]) -> pd.DataFrame:
     """Long samples (naive UTC time, tag, value) as sensor data: one float column per tag of
-    ``wanted`` that has samples, in tag order, a UTC index named ``time``, sorted; of two
-    samples of one tag and time the later one wins."""
+    ``wanted`` that has samples, in tag order, a UTC index named ``time``, sorted.
+
+    Several samples of one tag at one instant (InfluxDB keeps one series per tag set, so an
+    extra tag key on some points makes a second series of the same sensor) count as their
+    mean, whatever order the store returns them in. Values pass as they are (NaN, inf):
+    ``to_model_input`` decides what is missing."""
     wanted = sorted(set(wanted))
     position = {tag: number for number, tag in enumerate(wanted)}
     codes = np.fromiter((position[tag] for tag in tags), dtype=np.intp, count=len(tags))
     instants, rows = np.unique(times, return_inverse=True)
-    matrix = np.full((len(instants), len(wanted)), np.nan)
-    matrix[rows, codes] = values
+    cells = rows * len(wanted) + codes
+    size = len(instants) * len(wanted)
+    counts = np.bincount(cells, minlength=size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sums = np.bincount(cells, weights=values, minlength=size)
+        matrix = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).reshape(len(instants), len(wanted))
     present = np.zeros(len(wanted), dtype=bool)
     present[codes] = True
     index = pd.DatetimeIndex(instants.astype("datetime64[ns]"), name="time").tz_localize("UTC")
@@ -71,7 +119,7 @@ def to_model_input(raw: pd.DataFrame, metadata: ModelMetadata) -> pd.DataFrame:
     if len(times):
         last = np.append(times[1:] != times[:-1], True)  # the last delivered of equal times
         times, values = times[last], values[last]
-    step = metadata.resolution // timedelta(microseconds=1) * 1000
+    step = step_ns(metadata.resolution)
     buckets = times // step
     firsts = np.flatnonzero(np.append(True, buckets[1:] != buckets[:-1])) if len(buckets) else buckets
     present = ~np.isnan(values)
@@ -83,6 +131,22 @@ def to_model_input(raw: pd.DataFrame, metadata: ModelMetadata) -> pd.DataFrame:
     complete = (counts > 0).all(axis=1)
     index = pd.DatetimeIndex(buckets[firsts][complete] * step, name=raw.index.name).tz_localize("UTC")
     return pd.DataFrame(sums[complete] / counts[complete], index=index, columns=tags)
+
+
+def step_ns(resolution: timedelta) -> int:
+    """A resolution in nanoseconds, exactly."""
+    return resolution // timedelta(microseconds=1) * 1000
+
+
+def utc_of(ns: int) -> datetime:
+    """An aware UTC datetime from nanoseconds since the epoch."""
+    return pd.Timestamp(ns, tz="UTC").to_pydatetime()
+
+
+def empty_frame() -> pd.DataFrame:
+    """No rows on a UTC time index: the model input or predictions of a task without data
+    (storing it clears the task's span)."""
+    return pd.DataFrame(index=pd.DatetimeIndex([], tz="UTC"), dtype="float64")
 
 
 def epoch_ns(index: pd.Index) -> np.ndarray:
@@ -107,9 +171,11 @@ def inside(frame: pd.DataFrame, window: Window) -> pd.DataFrame:
     return frame.iloc[_inside(frame.index, window)]
 
 
-def any_inside(frame: pd.DataFrame, window: Window) -> bool:
-    selected = _inside(frame.index, window)
-    return selected.stop > selected.start if isinstance(selected, slice) else len(selected) > 0
+def check_inside(frame: pd.DataFrame, window: Window) -> None:
+    """Refuse rows outside ``window``: a store replaces exactly its span, so a row outside
+    it would survive the next replacement of its own window's span as a stale row."""
+    if len(frame) and not (frame.index.min() >= window.start and frame.index.max() < window.end):
+        raise ValueError(f"predictions from {frame.index.min()} to {frame.index.max()} do not lie in {window}")
 
 
 def _inside(index: pd.Index, window: Window) -> slice | np.ndarray:

@@ -7,7 +7,9 @@ planned window) and status truthful. States::
     planned -> queued -> done | no_data | failed -> dead
 
 ``failed`` is a window whose last attempt failed and which will be tried again; ``dead``
-needs an operator (see the dead-letter table).
+needs an operator (see the dead-letter table). A task's windows can end differently: each
+records its own state, note, and stored and expected rows (a ``done`` window with fewer
+rows stored than expected is *partial*: its note says why the others are missing).
 """
 
 from __future__ import annotations
@@ -27,8 +29,23 @@ from latigo.window import Window
 
 # longest error text kept per window (the full text goes to the log)
 ERROR_LIMIT = 2_000
+# characters a database text column cannot hold, as they are written instead (PostgreSQL
+# refuses NUL, which a JSON message may carry into an error)
+_UNSTORABLE = str.maketrans({"\x00": "\\x00"})
 # models per watermark query (bound parameters stay well under SQLite's limit)
 WATERMARK_BATCH = 5_000
+
+
+def partial():
+    """SQL: the window is done, but with fewer rows stored than it has (its note says why)."""
+    rows = ledger.c.stored_rows, ledger.c.expected_rows
+    # never NULL: windows recorded before rows were counted are not partial
+    return and_(ledger.c.state == State.DONE, rows[0].is_not(None), rows[1].is_not(None), rows[0] < rows[1])
+
+
+def _text(text: str | None) -> str | None:
+    """An error or note as the ledger keeps it: at most ERROR_LIMIT characters, storable."""
+    return None if text is None else text.translate(_UNSTORABLE)[:ERROR_LIMIT]
 
 
 class State(StrEnum):
@@ -38,6 +55,17 @@ class State(StrEnum):
     NO_DATA = "no_data"
     FAILED = "failed"
     DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one window of a task ended."""
+
+    window: Window
+    state: State
+    note: str | None = None
+    stored_rows: int | None = None
+    expected_rows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -181,19 +209,48 @@ class Ledger:
                     )
                 )
 
-    def finish(self, task: Task, state: State, error: str | None = None) -> None:
-        """Record the outcome of a task for every window it covers."""
+    def finish(self, task: Task, state: State, note: str | None = None) -> None:
+        """Put every window of a task in one state, with one note (a task re-planned at a new
+        revision is queued again)."""
         with self._engine.begin() as connection:
             connection.execute(
                 update(ledger)
                 .where(self._covered(task))
                 .values(
-                    state=state,
-                    revision=task.revision,
-                    last_error=error[:ERROR_LIMIT] if error else None,
-                    updated_at=self._clock(),
+                    state=state, revision=task.revision, task_id=str(task.id), note=_text(note),
+                    last_error=None, updated_at=self._clock(),
                 )
             )
+
+    def record(self, task: Task, outcomes: Sequence[Outcome]) -> None:
+        """Record each window's own outcome (state, note, stored and expected rows), in one
+        statement; only windows the task covers can change."""
+        statement = (
+            update(ledger)
+            .where(self._covered(task), ledger.c.window_start == bindparam("w"))
+            .values(
+                state=bindparam("s"),
+                note=bindparam("n"),
+                stored_rows=bindparam("stored"),
+                expected_rows=bindparam("expected"),
+                last_error=None,
+                revision=task.revision,
+                updated_at=self._clock(),
+            )
+        )
+        rows = [
+            {
+                "w": outcome.window.start,
+                "s": outcome.state,
+                "n": _text(outcome.note),
+                "stored": outcome.stored_rows,
+                "expected": outcome.expected_rows,
+            }
+            for outcome in outcomes
+        ]
+        if rows:
+            with self._engine.begin() as connection:
+                connection.execute(statement, rows)
 
     def fail(self, task: Task, error: str) -> int:
         """Count a failed attempt on the task's windows; return the attempts so far."""
@@ -204,7 +261,9 @@ class Ledger:
                 .values(
                     state=State.FAILED,
                     attempts=ledger.c.attempts + 1,
-                    last_error=error[:ERROR_LIMIT],
+                    last_error=_text(error),
+                    # a store cut off half way (InfluxDB: after its delete) leaves them unknown
+                    stored_rows=None,
                     updated_at=self._clock(),
                 )
             )
@@ -222,7 +281,7 @@ class Ledger:
                     model=task.model if task else None,
                     body=body,
                     reason=reason,
-                    error=error[:ERROR_LIMIT],
+                    error=_text(error),
                     attempts=attempts,
                     created_at=self._clock(),
                 )
@@ -231,7 +290,7 @@ class Ledger:
                 connection.execute(
                     update(ledger)
                     .where(self._covered(task))
-                    .values(state=State.DEAD, last_error=error[:ERROR_LIMIT], updated_at=self._clock())
+                    .values(state=State.DEAD, last_error=_text(error), stored_rows=None, updated_at=self._clock())
                 )
 
     def counts(self) -> dict[tuple[str, str], dict[str, int]]:
@@ -283,6 +342,7 @@ class Ledger:
                 revision=revision,
                 attempts=0,
                 last_error=None,
+                note=None,
                 task_id=None,
                 updated_at=self._clock(),
             )

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     DateTime,
     Float,
@@ -32,7 +33,9 @@ REVISION = 40
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """An aware UTC datetime in Python, naive UTC in the database (``sa.DateTime`` in migrations)."""
+    """An aware UTC datetime in Python; in the database naive UTC (``sa.DateTime`` in
+    migrations), or with ``timezone=True`` a zone-aware column on PostgreSQL
+    (``timestamptz``: a time written with an offset by another writer means what it says)."""
 
     impl = DateTime
     cache_ok = True
@@ -42,10 +45,22 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r} given to the database: use UTC")
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(timezone.utc)
+        return value if self.impl.timezone and dialect.name == "postgresql" else value.replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=timezone.utc)
+        if value is None:
+            return None
+        return value.astimezone(timezone.utc) if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+# SQLite keeps times as text and compares them as text: only SQLAlchemy's fixed-width UTC
+# form ("2026-03-02 10:20:00.000000") sorts as time does, so sensor data written by a
+# feeder in any other form (an offset, a "T", no microseconds) is refused, not misread
+SQLITE_UTC_TEXT = (
+    "time GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] "
+    "[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]'"
+)
 
 
 # an auto-incrementing id that is a 64-bit integer on PostgreSQL and a rowid on SQLite
@@ -67,6 +82,12 @@ ledger = Table(
     Column("task_id", String(36)),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # the outcome of the window's last run: why some or all of its rows are missing
+    Column("note", Text),
+    # prediction rows (times) stored for the window by its last run, and how many it has
+    # (one per resolution step): fewer stored than expected is a partial window
+    Column("stored_rows", Integer),
+    Column("expected_rows", Integer),
     Index("ix_ledger_state", "state"),
     # recent windows across models: status, lags, the status page, the scheduler's watermarks
     Index("ix_ledger_window_start", "window_start"),
@@ -102,8 +123,9 @@ sensor_data = Table(
     "sensor_data",
     metadata,
     Column("tag", String(NAME), primary_key=True),
-    Column("time", UTCDateTime(), primary_key=True),
+    Column("time", UTCDateTime(timezone=True), primary_key=True),
     Column("value", Float),
+    CheckConstraint(SQLITE_UTC_TEXT, name="ck_sensor_data_utc_text").ddl_if(dialect="sqlite"),
 )
 
 predictions = Table(

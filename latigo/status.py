@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import pandas as pd
 from sqlalchemy import Engine, func, select
 
-from latigo.ledger import State
+from latigo.ledger import State, partial
 from latigo.schema import dead_letters, ledger, predictions
 
 
@@ -23,6 +23,8 @@ class ModelStatus:
     # windows between the model's first and newest planned one that were never planned:
     # gaps the catch-up limit left behind, for latigo backfill
     missing: int = 0
+    # done windows with fewer rows stored than they have (data gaps; their notes say why)
+    partial: int = 0
 
     def lag(self, now: datetime) -> timedelta | None:
         return None if self.newest_done_end is None else now - self.newest_done_end
@@ -42,6 +44,9 @@ def model_statuses(engine: Engine, interval: timedelta) -> list[ModelStatus]:
         .where(ledger.c.last_error.is_not(None))
         .order_by(ledger.c.updated_at)
     )
+    partials = select(ledger.c.project, ledger.c.model, func.count()).where(partial()).group_by(
+        ledger.c.project, ledger.c.model
+    )
     extent = select(
         ledger.c.project, ledger.c.model, func.min(ledger.c.window_start), func.max(ledger.c.window_start), func.count()
     ).group_by(ledger.c.project, ledger.c.model)
@@ -51,6 +56,7 @@ def model_statuses(engine: Engine, interval: timedelta) -> list[ModelStatus]:
             states.setdefault((project, model), {})[state] = count
         done = {(project, model): end for project, model, end in connection.execute(newest)}
         last_error = {(project, model): error for project, model, error in connection.execute(errors)}
+        partial_windows = {(project, model): count for project, model, count in connection.execute(partials)}
         missing = {
             (project, model): (last - first) // interval + 1 - count
             for project, model, first, last, count in connection.execute(extent)
@@ -58,7 +64,7 @@ def model_statuses(engine: Engine, interval: timedelta) -> list[ModelStatus]:
     return [
         ModelStatus(
             project, model, counts, done.get((project, model)), last_error.get((project, model)),
-            missing.get((project, model), 0),
+            missing.get((project, model), 0), partial_windows.get((project, model), 0),
         )
         for (project, model), counts in sorted(states.items())
     ]
@@ -77,6 +83,7 @@ def status_table(statuses: list[ModelStatus], now: datetime) -> pd.DataFrame:
             {
                 "model": f"{status.project}/{status.model}",
                 **{state.value: status.states.get(state, 0) for state in State},
+                "partial": status.partial,
                 "missing": status.missing,
                 "newest done": status.newest_done_end.strftime("%Y-%m-%d %H:%M") if status.newest_done_end else "-",
                 "lag": str(lag).split(".")[0] if lag is not None else "-",
@@ -158,6 +165,7 @@ def status_document(statuses: list[ModelStatus], failures: list[Failure], dead_l
                 "project": status.project,
                 "model": status.model,
                 "states": {state.value: status.states.get(state, 0) for state in State},
+                "partial": status.partial,
                 "missing": status.missing,
                 "newest_done_end": status.newest_done_end.isoformat() if status.newest_done_end else None,
                 "lag_seconds": status.lag(now).total_seconds() if status.newest_done_end else None,

@@ -7,18 +7,22 @@ versioned so executors of one release can refuse, clearly, what a later schedule
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from latigo.errors import MalformedTask
-from latigo.window import Window
+from latigo.window import Grid, Window
 
 # the wire format version this release reads and writes
 TASK_VERSION = 1
 # longest raw message quoted back in an error
 _QUOTE_LIMIT = 200
+# bytes of an oversized message kept in its dead letter (with its length and hash)
+OVERSIZED_KEPT = 4096
 
 
 class Task(BaseModel):
@@ -40,6 +44,14 @@ class Task(BaseModel):
         if version != TASK_VERSION:
             raise ValueError(f"task format version {version} is not supported (this release reads {TASK_VERSION})")
         return version
+
+    @field_validator("project", "model")
+    @classmethod
+    def _printable(cls, name: str) -> str:
+        # a control character (NUL above all: PostgreSQL text cannot hold it) names no model
+        if any(ord(character) < 32 or ord(character) == 127 for character in name):
+            raise ValueError("must not contain control characters")
+        return name
 
     @field_validator("start", "end", "created")
     @classmethod
@@ -81,3 +93,43 @@ class Task(BaseModel):
 
     def at_revision(self, revision: str) -> Task:
         return self.model_copy(update={"revision": revision, "attempt": 1, "id": uuid.uuid4()})
+
+
+@dataclass(frozen=True)
+class TaskRules:
+    """What a task must be before any work starts, beyond its wire format: on the project's
+    window grid, no longer than the schedule coalesces, for a configured project, and a
+    message of bounded size. A task that breaks one would write ledger rows or predictions
+    nobody planned (an off-grid window overlaps two planned ones; a century-long span marks
+    a century of windows), so it is malformed, never worked on."""
+
+    grid: Grid
+    max_span: timedelta
+    projects: frozenset[str]
+    max_bytes: int
+
+    def parse(self, body: bytes) -> Task:
+        """The task in ``body``; MalformedTask saying why it cannot be one."""
+        if len(body) > self.max_bytes:
+            digest = hashlib.sha256(body).hexdigest()
+            raise MalformedTask(
+                f"message of {len(body)} bytes (sha256 {digest}) is over executor.max_message_size "
+                f"({self.max_bytes} bytes); its first {OVERSIZED_KEPT} bytes are kept"
+            )
+        task = Task.from_json(body)
+        problems = []
+        for name, moment in (("start", task.start), ("end", task.end)):
+            if not self.grid.is_aligned(moment):
+                problems.append(f"{name} {moment.isoformat()} is not on the window grid ({self.grid.interval} from {self.grid.anchor.isoformat()})")
+        if task.end - task.start > self.max_span:
+            problems.append(f"spans {task.end - task.start}, longer than schedule.max_task_span ({self.max_span})")
+        if task.project not in self.projects:
+            problems.append(f"project {task.project!r} is not in models.projects")
+        if problems:
+            raise MalformedTask(f"malformed task {task.id} for {task.key}: {'; '.join(problems)}")
+        return task
+
+    def kept(self, body: bytes) -> bytes:
+        """What a dead letter keeps of a malformed message: all of it, or the first bytes of
+        an oversized one."""
+        return body if len(body) <= self.max_bytes else body[:OVERSIZED_KEPT]

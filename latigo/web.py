@@ -36,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from latigo.clock import Clock, system_clock
 from latigo.config import Config, InfluxPredictionsConfig
-from latigo.ledger import State
+from latigo.ledger import State, partial
 from latigo.schema import ledger, predictions
 from latigo.window import Grid, Window
 
@@ -79,6 +79,7 @@ class Cell(StrEnum):
     FAILED = "failed"
     LATE = "late"  # planned or queued, and past its due time
     NO_DATA = "no_data"
+    PARTIAL = "partial"  # done, with some of its rows missing (data gaps)
     DONE = "done"
     PENDING = "pending"  # planned or queued, not yet due
     EMPTY = "empty"  # no ledger row: not planned (yet)
@@ -89,6 +90,7 @@ SEVERITY = {cell: rank for rank, cell in enumerate(reversed(list(Cell)))}
 # each cell's colour (legend, counts and tooltips also name the state, for the colour-blind)
 COLOURS = {
     Cell.DONE: "#2f9e44",
+    Cell.PARTIAL: "#8ce99a",
     Cell.NO_DATA: "#adb5bd",
     Cell.FAILED: "#f76707",
     Cell.DEAD: "#c92a2a",
@@ -99,6 +101,7 @@ COLOURS = {
 # the legend's words for each cell
 MEANINGS = {
     Cell.DONE: "done",
+    Cell.PARTIAL: "partial (rows missing: data gaps)",
     Cell.NO_DATA: "no data",
     Cell.LATE: "late (queued past due)",
     Cell.FAILED: "failed, retrying",
@@ -109,6 +112,7 @@ MEANINGS = {
 # a word or two for each cell, for counts and their column headers
 SHORT = {
     Cell.DONE: "done",
+    Cell.PARTIAL: "partial",
     Cell.NO_DATA: "no data",
     Cell.LATE: "late",
     Cell.FAILED: "failed",
@@ -117,7 +121,9 @@ SHORT = {
     Cell.EMPTY: "not planned",
 }
 # the per-model counts shown beside the heatmap, in this order
-COUNTED = (Cell.DONE, Cell.NO_DATA, Cell.LATE, Cell.FAILED, Cell.DEAD)
+COUNTED = (Cell.DONE, Cell.PARTIAL, Cell.NO_DATA, Cell.LATE, Cell.FAILED, Cell.DEAD)
+# cells whose tooltip quotes the window's error or note
+EXPLAINED = (Cell.FAILED, Cell.DEAD, Cell.PARTIAL, Cell.NO_DATA)
 
 
 # --- pure layout ----------------------------------------------------------------------
@@ -137,12 +143,17 @@ def is_due(window_end: datetime, now: datetime, delay: timedelta) -> bool:
     return window_end <= now - delay
 
 
-def cell_of(state: str | None, window_end: datetime, now: datetime, delay: timedelta) -> Cell:
-    """The cell of one window: its ledger state, planned or queued ones late once due."""
+def cell_of(
+    state: str | None, window_end: datetime, now: datetime, delay: timedelta, partial: bool = False
+) -> Cell:
+    """The cell of one window: its ledger state, planned or queued ones late once due, done
+    ones with rows missing partial."""
     if state is None:
         return Cell.EMPTY
     if state in (State.PLANNED, State.QUEUED):
         return Cell.LATE if is_due(window_end, now, delay) else Cell.PENDING
+    if state == State.DONE and partial:
+        return Cell.PARTIAL
     return Cell(state)
 
 
@@ -326,8 +337,14 @@ class WindowRow:
     state: str
     revision: str | None
     attempts: int
+    # the last error, or else the outcome's note
     error: str | None
     updated_at: datetime | None = None
+    # done with fewer rows stored than the window has
+    partial: bool = False
+
+    def cell(self, now: datetime, delay: timedelta) -> Cell:
+        return cell_of(self.state, self.end, now, delay, self.partial)
 
 
 @dataclass(frozen=True)
@@ -376,7 +393,7 @@ def severity_key(row: ModelRow, now: datetime) -> tuple:
 def describe(window: Window, rows: Sequence[WindowRow], now: datetime, delay: timedelta) -> CellView:
     """A cell standing for ``window``, from the ledger rows inside it: the worst state, and a
     tooltip naming the span, the states and the last error."""
-    cells = [cell_of(row.state, row.end, now, delay) for row in rows]
+    cells = [row.cell(now, delay) for row in rows]
     cell = worst(cells)
     if not rows:
         words = "not yet due" if not is_due(window.end, now, delay) else "not planned"
@@ -388,11 +405,7 @@ def describe(window: Window, rows: Sequence[WindowRow], now: datetime, delay: ti
     else:
         present = sorted(set(cells), key=SEVERITY.__getitem__, reverse=True)
         words = ", ".join(f"{cells.count(each)} {MEANINGS[each]}" for each in present)
-    errors = [
-        row.error
-        for row in rows
-        if row.error and cell_of(row.state, row.end, now, delay) in (Cell.FAILED, Cell.DEAD)
-    ]
+    errors = [row.error for row in rows if row.error and row.cell(now, delay) in EXPLAINED]
     title = f"{format_span(window)} {words}"
     if errors:
         title += f": {errors[-1][:TOOLTIP_ERROR]}"
@@ -426,7 +439,8 @@ def model_rows(
         return func.sum(case((condition, 1), else_=0))
 
     per_cell = {
-        Cell.DONE: ledger.c.state == State.DONE,
+        Cell.DONE: and_(ledger.c.state == State.DONE, ~partial()),
+        Cell.PARTIAL: partial(),
         Cell.NO_DATA: ledger.c.state == State.NO_DATA,
         Cell.FAILED: ledger.c.state == State.FAILED,
         Cell.DEAD: ledger.c.state == State.DEAD,
@@ -471,7 +485,8 @@ def window_rows(
         ledger.c.state,
         ledger.c.revision,
         ledger.c.attempts,
-        ledger.c.last_error,
+        func.coalesce(ledger.c.last_error, ledger.c.note).label("error"),
+        partial().label("partial"),
     ).where(
         tuple_(ledger.c.project, ledger.c.model).in_(list(models)),
         ledger.c.window_start >= start,
@@ -481,7 +496,8 @@ def window_rows(
         for row in connection.execute(query):
             found[(row.project, row.model)].append(
                 WindowRow(
-                    row.window_start, row.window_end, row.state, row.revision, row.attempts, row.last_error
+                    row.window_start, row.window_end, row.state, row.revision, row.attempts, row.error,
+                    partial=bool(row.partial),
                 )
             )
     return found
@@ -498,8 +514,9 @@ def model_windows(
             ledger.c.state,
             ledger.c.revision,
             ledger.c.attempts,
-            ledger.c.last_error,
+            func.coalesce(ledger.c.last_error, ledger.c.note),
             ledger.c.updated_at,
+            partial(),
         )
         .where(ledger.c.project == project, ledger.c.model == model)
         .where(ledger.c.window_start >= start, ledger.c.window_start < end)
@@ -507,7 +524,7 @@ def model_windows(
         .limit(MAX_WINDOWS)
     )
     with engine.connect() as connection:
-        return [WindowRow(*row) for row in connection.execute(query)]
+        return [WindowRow(*row[:7], partial=bool(row[7])) for row in connection.execute(query)]
 
 
 def model_known(engine: Engine, project: str, model: str) -> bool:
@@ -936,7 +953,7 @@ def render_model(engine: Engine, config: Config, now: datetime, project: str, mo
     )
     table = (
         '<table class="win"><thead><tr><th>window (UTC)</th><th>state</th><th>revision</th><th>attempts</th>'
-        f"<th>updated</th><th>last error</th></tr></thead><tbody>{table_rows}</tbody></table>"
+        f"<th>updated</th><th>last error or note</th></tr></thead><tbody>{table_rows}</tbody></table>"
         if table_rows
         else f'<p class="muted">no windows in the last {hours} h</p>'
     )

@@ -17,8 +17,17 @@ cycles through the kinds, so a run with enough requests injects every kind. Kind
                quick, the whole answer takes ages
 (``cut`` and ``drip`` are not in FAULTS: each has a test of its own)
 
-Every request is recorded as (kind, method, path) in ``records``. Waits are bounded by an
+Every request is recorded as (kind, method, path) in ``records``, and its path and body in
+``requests`` (to check what Latigo sent). Waits are bounded by an
 event that ``stop`` sets, so a hanging request never holds up the proxy's shutdown.
+
+A forwarded answer (``pass``, ``slow``, ``cut``, ``drip``) can also be bent: a ``rewrite``
+function ``(method, path, status, headers, body) -> (status, headers, body)`` given to the
+proxy (None by default: answers go through untouched) gets the upstream answer, its path
+with the query string and its headers as (name, value) pairs without the per-connection
+ones, and what it returns is sent instead (Content-Length follows the new body). It is the
+``rewrite`` attribute, read per request, so a test can set it to None to stop bending.
+Faults that never reach the upstream server are not rewritten.
 """
 
 from __future__ import annotations
@@ -59,6 +68,8 @@ PAGES = {
 }
 
 Plan = Callable[[str, str], str]
+# (method, path, status, headers, body) -> (status, headers, body)
+Rewrite = Callable[[str, str, int, list[tuple[str, str]], bytes], tuple[int, list[tuple[str, str]], bytes]]
 
 
 def forwarded(header: str) -> bool:
@@ -86,10 +97,20 @@ def always(kind: str, only: str = GORDO_WORK) -> Plan:
 class FaultProxy:
     """``with FaultProxy(upstream, plan) as proxy:`` serves on ``proxy.url`` until the block ends."""
 
-    def __init__(self, upstream: str, plan: Plan, *, hang_s: float = 30.0, slow_s: float = 0.3) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        plan: Plan,
+        *,
+        hang_s: float = 30.0,
+        slow_s: float = 0.3,
+        rewrite: Rewrite | None = None,
+    ) -> None:
         self.upstream = urlsplit(upstream)
         self.plan, self.hang_s, self.slow_s = plan, hang_s, slow_s
+        self.rewrite = rewrite
         self.records: list[tuple[str, str, str]] = []
+        self.requests: list[tuple[str, bytes]] = []
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -102,9 +123,10 @@ class FaultProxy:
         with self._lock:
             return [kind for kind, _, _ in self.records]
 
-    def record(self, kind: str, method: str, path: str) -> None:
+    def record(self, kind: str, method: str, path: str, body: bytes = b"") -> None:
         with self._lock:
             self.records.append((kind, method, path))
+            self.requests.append((path, body))
 
     def __enter__(self) -> FaultProxy:
         self._thread.start()
@@ -136,7 +158,7 @@ class _Handler(BaseHTTPRequestHandler):
         proxy: FaultProxy = self.server.proxy  # type: ignore[attr-defined]
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         kind = proxy.plan(self.command, self.path)
-        proxy.record(kind, self.command, self.path)
+        proxy.record(kind, self.command, self.path, body)
         if kind in PAGES:
             status, page = PAGES[kind]
             self._answer(status, [("Content-Type", "text/html; charset=utf-8")], page.encode())
@@ -159,9 +181,12 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {name: value for name, value in self.headers.items() if forwarded(name)}
             upstream.request(self.command, self.path, body=body or None, headers=headers)
             response = upstream.getresponse()
-            content = response.read()
+            status, content = response.status, response.read()
             kept = [(name, value) for name, value in response.getheaders() if forwarded(name)]
-            self._answer(response.status, kept, content, kind)
+            rewrite = proxy.rewrite
+            if rewrite is not None:
+                status, kept, content = rewrite(self.command, self.path, status, kept, content)
+            self._answer(status, kept, content, kind)
         finally:
             upstream.close()
 

@@ -42,6 +42,7 @@ from latigo.config import ConfigError, ExecutorConfig, InfluxPredictionsConfig, 
 from latigo.db import create_engine, upgrade
 from latigo.providers.predictions.influx import MACHINE_TAG, VALUE_FIELD, InfluxPredictions
 from latigo.schema import dead_letters, ledger, metadata
+from latigo.window import Window
 from tests.influx_fixture import InfluxServer
 from tests.postgres_fixture import PostgresServer, free_port
 
@@ -535,7 +536,7 @@ def test_dashboard_influxql_finds_predictions_latigo_stored(
                 index=index,
             )
             frame.columns = pd.MultiIndex.from_tuples(frame.columns)
-            storage.store("demo", machine, "1", frame)
+            storage.store("demo", machine, "1", Window(index[0], index[-1] + timedelta(minutes=10)), frame)
     finally:
         storage.close()
 

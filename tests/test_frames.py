@@ -26,6 +26,21 @@ def test_data_starts_early_enough_for_the_offset_and_margin():
     assert frames.data_start(START, META, margin=2) == START - timedelta(minutes=50)
 
 
+def test_the_read_covers_whole_buckets_when_the_resolution_does_not_divide_the_window():
+    """7-minute buckets lie on the epoch's grid; a window edge cuts one. Reading from a bucket
+    start to the end of the last bucket starting in the window keeps every bucket whole, so
+    its mean is the same in a one-window task and in a longer one."""
+    meta = ModelMetadata("demo", "m", "1", ("A",), ("A",), timedelta(minutes=7), offset=2, min_rows=4)
+    window = Window(START, START + timedelta(minutes=30))  # 10:00..10:30
+    start, end = frames.data_start(window.start, meta, margin=1), frames.data_end(window.end, meta)
+    step = timedelta(minutes=7)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert (start - epoch) % step == timedelta(0) and (end - epoch) % step == timedelta(0)
+    assert end - step < window.end <= end  # the last bucket starting in the window ends at `end`
+    assert window.start - start >= step * (meta.lookback + 1)  # lookback + margin whole buckets before
+    assert frames.data_end(START + timedelta(minutes=70), META) == START + timedelta(minutes=70)  # on the grid
+
+
 def test_resampling_is_a_left_labelled_mean_on_the_model_resolution():
     raw = minutes(20, start=START)
     model_input = frames.to_model_input(raw, META)
@@ -94,10 +109,14 @@ def test_pivot_agrees_with_pandas(samples):
         assert ours.empty
         return
     long = pd.DataFrame({"time": pd.DatetimeIndex(times).tz_localize("UTC"), "tag": tags, "value": values})
-    theirs = long.pivot_table(index="time", columns="tag", values="value", aggfunc="last", dropna=False)
+    # several samples of one tag at one instant count as their mean, in any order
+    theirs = long.pivot_table(index="time", columns="tag", values="value", aggfunc="mean", dropna=False)
     assert list(ours.columns) == sorted(set(tags)) and ours.index.name == "time" and str(ours.index.tz) == "UTC"
     assert ours.index.equals(theirs.index)
-    np.testing.assert_array_equal(ours.to_numpy(), theirs[sorted(set(tags))].to_numpy())
+    np.testing.assert_allclose(ours.to_numpy(), theirs[sorted(set(tags))].to_numpy(), rtol=1e-12, atol=1e-6)
+    shuffled = np.random.default_rng(len(samples)).permutation(len(samples))
+    again = frames.pivot(times[shuffled], [tags[i] for i in shuffled], values[shuffled], ["C", "A", "B", "D"])
+    np.testing.assert_allclose(again.to_numpy(), ours.to_numpy(), rtol=1e-12, atol=1e-6)
 
 
 def test_target_tags_that_are_not_inputs_are_fetched_too():
@@ -118,9 +137,16 @@ def test_inside_an_unsorted_frame_keeps_the_same_rows():
     window = Window(START, START + timedelta(minutes=30))
     shuffled = frame.iloc[np.random.default_rng(1).permutation(len(frame))]
     assert frames.inside(shuffled, window).sort_index().equals(frames.inside(frame, window))
-    assert frames.any_inside(shuffled, window) and frames.any_inside(frame, window)
-    later = Window(START + timedelta(hours=5), START + timedelta(hours=6))
-    assert not frames.any_inside(frame, later) and not frames.any_inside(shuffled, later)
+
+
+def test_a_store_refuses_rows_outside_its_span():
+    frame = minutes(30, start=START)
+    frames.check_inside(frame, Window(START, START + timedelta(minutes=30)))
+    frames.check_inside(frame.iloc[0:0], Window(START, START + timedelta(minutes=1)))
+    with pytest.raises(ValueError, match="do not lie in"):
+        frames.check_inside(frame, Window(START, START + timedelta(minutes=29)))
+    with pytest.raises(ValueError, match="do not lie in"):
+        frames.check_inside(frame, Window(START + timedelta(minutes=1), START + timedelta(hours=1)))
 
 
 def test_the_model_target_is_the_input_itself_when_the_targets_are_the_inputs():
@@ -144,3 +170,14 @@ def test_output_series_map_columns_to_output_and_tag():
     # start and end are bookkeeping, not predictions; a total's tag is its group, as gordo-client
     assert series == [("model-input", "A"), ("tag-anomaly-scaled", "A"), ("total-anomaly-scaled", "total-anomaly-scaled")]
     assert values.dtype == np.float64 and values.tolist() == [[1.0, 2.0, 3.0], [2.0, 3.0, 4.0]]
+
+
+def test_missing_tags_are_decided_window_by_window():
+    raw = minutes(90, start=START)  # A and B every minute, 10:00..11:30
+    raw.loc[raw.index[30:60], "B"] = np.nan  # B out 10:30..11:00
+    raw = raw.drop(index=raw.index[60:75])  # nothing at all 11:00..11:15
+    windows = [Window(START + timedelta(minutes=30 * k), START + timedelta(minutes=30 * (k + 1))) for k in range(4)]
+    assert frames.missing_per_window(raw, ["A", "B"], windows) == [[], ["B"], [], ["A", "B"]]
+    shuffled = raw.iloc[np.random.default_rng(3).permutation(len(raw))]
+    assert frames.missing_per_window(shuffled, ["A", "B", "C"], windows) == [["C"], ["B", "C"], ["C"], ["A", "B", "C"]]
+    assert frames.missing_per_window(frames.empty_frame(), ["A"], windows[:1]) == [["A"]]

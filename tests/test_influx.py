@@ -22,12 +22,15 @@ from latigo.providers import influx as influx_http
 from latigo.providers.sensors import influx as sensors_influx
 from latigo.providers.influx import InfluxHttp
 from latigo.providers.sensors.influx import InfluxSensors
+from latigo.window import Window
 from tests.influx_fixture import InfluxServer
 
 pytestmark = pytest.mark.integration
 
 # a Monday at midnight, where the tests' data starts
+# every test's predictions lie in this span: a store replaces what it holds
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+SPAN = Window(T0 - timedelta(days=1), T0 + timedelta(days=1))
 # a sensor name that needs escaping both in InfluxQL and in line protocol
 ODD_TAG = 'it\'s "odd", a=b \\ tag\\1'
 # a tag value that would widen the query if it were pasted in unquoted
@@ -39,9 +42,7 @@ def sensors_for(url: str, database: str, **overrides: Any) -> InfluxSensors:
 
 
 def predictions_for(url: str, database: str, **overrides: Any) -> InfluxPredictions:
-    project_tag = overrides.pop("project_tag", None)
-    config = InfluxPredictionsConfig(type="influx", url=url, database=database, **overrides)
-    return InfluxPredictions(config, project_tag=project_tag)
+    return InfluxPredictions(InfluxPredictionsConfig(type="influx", url=url, database=database, **overrides))
 
 
 def times(count: int, step: timedelta = timedelta(minutes=10)) -> pd.DatetimeIndex:
@@ -120,6 +121,28 @@ def test_sensor_values_read_back_exactly(influx_server: InfluxServer, influx_dat
     assert answer.index.name == "time" and answer.index.is_monotonic_increasing
     assert list(answer.dtypes) == [np.float64] * 3
     assert "NO-DATA" not in answer.columns
+    sensors.close()
+
+
+def test_two_series_of_one_tag_at_one_instant_count_as_their_mean(
+    influx_server: InfluxServer, influx_database: str
+) -> None:
+    """An extra tag key on some points makes a second series of the same sensor; GROUP BY the
+    sensor's tag merges them, with two values at the same instants."""
+    ns = [pd.Timestamp(moment).value for moment in times(3)]
+    influx_server.write(
+        "\n".join(
+            [f"sensors,tag=T1 value={1.0 + i} {t}" for i, t in enumerate(ns)]
+            + [f"sensors,tag=T1,source=backup value={3.0 + i} {t}" for i, t in enumerate(ns[:2])]
+            + [f"sensors,tag=T2 value=7 {t}" for t in ns]
+        ),
+        influx_database,
+    )
+    sensors = sensors_for(influx_server.url, influx_database)
+    got = sensors.data(["T1", "T2"], T0, T0 + timedelta(hours=1))
+    assert list(got.index) == list(times(3).tz_localize(None).tz_localize("UTC")) and not got.index.has_duplicates
+    assert got["T1"].tolist() == [2.0, 3.0, 3.0]  # (1+3)/2, (2+4)/2, and 3 alone
+    assert got["T2"].tolist() == [7.0, 7.0, 7.0]
     sensors.close()
 
 
@@ -249,7 +272,7 @@ def test_predictions_use_gordo_clients_layout(influx_server: InfluxServer, influ
     answer = gordo_answer()
     storage = predictions_for(influx_server.url, influx_database, extra_tags={"site": "north sea, A"})
 
-    assert storage.store("demo", "m3", "1700000000", answer) == 7 * 4
+    assert storage.store("demo", "m3", "1700000000", SPAN, answer) == 7 * 4
 
     measurements = influx_server.points("SHOW MEASUREMENTS", influx_database)
     assert sorted(row["name"] for row in measurements) == [
@@ -268,7 +291,7 @@ def test_predictions_use_gordo_clients_layout(influx_server: InfluxServer, influ
 
 def test_project_tag_is_optional(influx_server: InfluxServer, influx_database: str) -> None:
     storage = predictions_for(influx_server.url, influx_database, project_tag="project")
-    storage.store("demo", "m3", "1", gordo_answer())
+    storage.store("demo", "m3", "1", SPAN, gordo_answer())
 
     expected = expected_points(gordo_answer(), "m3", project="demo")
     assert stored_points(influx_server, influx_database) == expected
@@ -277,16 +300,47 @@ def test_project_tag_is_optional(influx_server: InfluxServer, influx_database: s
 def test_storing_twice_leaves_one_copy(influx_server: InfluxServer, influx_database: str) -> None:
     storage = predictions_for(influx_server.url, influx_database)
     answer = gordo_answer()
-    storage.store("demo", "m3", "1", answer)
-    storage.store("demo", "m3", "1", answer)
+    storage.store("demo", "m3", "1", SPAN, answer)
+    storage.store("demo", "m3", "1", SPAN, answer)
     assert count_points(influx_server, influx_database) == 7 * 4
 
     # a redelivered task at a newer revision overwrites the same points
     changed = answer.copy()
     changed[("model-output", "T1")] = 42.0
-    storage.store("demo", "m3", "2", changed)
+    storage.store("demo", "m3", "2", SPAN, changed)
     assert count_points(influx_server, influx_database) == 7 * 4
     assert stored_points(influx_server, influx_database) == expected_points(changed, "m3")
+
+
+def test_a_store_replaces_the_models_points_in_its_span_and_nothing_else(
+    influx_server: InfluxServer, influx_database: str
+) -> None:
+    storage = predictions_for(influx_server.url, influx_database, extra_tags={"site": "a"})
+    other_site = predictions_for(influx_server.url, influx_database, extra_tags={"site": "b"})
+    answer = gordo_answer(rows=6)
+    storage.store("demo", "m3", "1", SPAN, answer)
+    storage.store("demo", "other", "1", SPAN, answer)
+    other_site.store("demo", "m3", "1", SPAN, answer)
+    influx_server.write(f"unrelated,machine=m3 sensor_value=1 {pd.Timestamp(T0).value}", influx_database)
+
+    # the new run of [T0 + 20 min, T0 + 60 min) has two of its four rows, and one group fewer
+    span = Window(T0 + timedelta(minutes=20), T0 + timedelta(minutes=60))
+    again = gordo_answer(rows=6).iloc[[3, 4]].drop(columns=[("tag-anomaly-scaled", "T1"), ("tag-anomaly-scaled", "T2")])
+    storage.store("demo", "m3", "2", span, again)
+
+    site_a = {point for point in stored_points(influx_server, influx_database) if ("site", "a") in point[1]}
+    mine = {point for point in site_a if ("machine", "m3") in point[1]}
+    assert mine == expected_points(answer.iloc[[0, 1]], "m3", site="a") | expected_points(again, "m3", site="a")
+    assert site_a - mine == expected_points(answer, "other", site="a")
+    site_b = {point for point in stored_points(influx_server, influx_database) if ("site", "b") in point[1]}
+    assert site_b == expected_points(answer, "m3", site="b")
+    assert influx_server.points('SELECT * FROM "unrelated"', influx_database)  # not a Gordo output: left alone
+
+    # storing nothing clears the span; doing it again changes nothing
+    for _ in range(2):
+        storage.store("demo", "m3", "3", span, answer.iloc[0:0])
+        mine = {p for p in stored_points(influx_server, influx_database) if {("site", "a"), ("machine", "m3")} <= set(p[1])}
+        assert mine == expected_points(answer.iloc[[0, 1]], "m3", site="a")
 
 
 def test_nan_and_infinite_values_are_skipped(influx_server: InfluxServer, influx_database: str) -> None:
@@ -295,7 +349,7 @@ def test_nan_and_infinite_values_are_skipped(influx_server: InfluxServer, influx
     answer.iloc[1, 6] = np.inf  # ("total-anomaly-scaled", "") at T0 + 10 min
     storage = predictions_for(influx_server.url, influx_database)
 
-    assert storage.store("demo", "m3", "1", answer) == 7 * 4 - 2
+    assert storage.store("demo", "m3", "1", SPAN, answer) == 7 * 4 - 2
 
     stored = stored_points(influx_server, influx_database)
     assert stored == expected_points(answer, "m3")
@@ -308,8 +362,8 @@ def test_all_nan_predictions_write_nothing(influx_server: InfluxServer, influx_d
     answer.loc[:, answer.columns[:7]] = np.nan
     storage = predictions_for(influx_server.url, influx_database)
 
-    assert storage.store("demo", "m3", "1", answer) == 0
-    assert storage.store("demo", "m3", "1", answer.iloc[0:0]) == 0
+    assert storage.store("demo", "m3", "1", SPAN, answer) == 0
+    assert storage.store("demo", "m3", "1", SPAN, answer.iloc[0:0]) == 0
     assert count_points(influx_server, influx_database) == 0
 
 
@@ -319,7 +373,7 @@ def test_predictions_go_in_batches(
     posts = count_posts(monkeypatch)
     storage = predictions_for(influx_server.url, influx_database, batch_size=5)
 
-    storage.store("demo", "m3", "1", gordo_answer())
+    storage.store("demo", "m3", "1", SPAN, gordo_answer())
 
     assert len(posts) == math.ceil(7 * 4 / 5)
     assert count_points(influx_server, influx_database) == 7 * 4
@@ -352,7 +406,7 @@ def test_a_missing_database_is_created_on_first_write(influx_server: InfluxServe
     database = f"created_{time.time_ns()}"
     try:
         storage = predictions_for(influx_server.url, database)
-        assert storage.store("demo", "m3", "1", gordo_answer()) == 7 * 4
+        assert storage.store("demo", "m3", "1", SPAN, gordo_answer()) == 7 * 4
         assert count_points(influx_server, database) == 7 * 4
     finally:
         influx_server.query(f'DROP DATABASE "{database}"')
@@ -362,7 +416,7 @@ def test_predictions_need_an_aware_index(influx_server: InfluxServer, influx_dat
     answer = gordo_answer()
     answer.index = answer.index.tz_localize(None)
     with pytest.raises(PermanentError, match="UTC"):
-        predictions_for(influx_server.url, influx_database).store("demo", "m3", "1", answer)
+        predictions_for(influx_server.url, influx_database).store("demo", "m3", "1", SPAN, answer)
 
 
 def test_extra_tags_cannot_replace_the_layouts_tags() -> None:
@@ -383,7 +437,7 @@ def every_call(url: str, database: str = "db", **timeouts: float) -> list[Any]:
         sensors.sensors,
         lambda: sensors.exists("T1"),
         lambda: sensors.write(frame),
-        lambda: storage.store("demo", "m3", "1", gordo_answer()),
+        lambda: storage.store("demo", "m3", "1", SPAN, gordo_answer()),
     ]
 
 

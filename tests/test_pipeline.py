@@ -28,6 +28,8 @@ from tests.clock import Clock
 
 # the moment the tests' clock starts at: any time works, the demo data is defined for all
 NOW = datetime(2026, 3, 2, 12, 7, tzinfo=timezone.utc)
+# the window grid point before NOW: tasks lie on the grid
+HOUR = NOW.replace(minute=0)
 # Gordo's anomaly endpoint answers these groups for models with thresholds
 ANOMALY_GROUPS = {
     "model-input", "model-output", "tag-anomaly-scaled", "tag-anomaly-unscaled", "total-anomaly-scaled",
@@ -132,7 +134,7 @@ def test_injected_anomalies_stand_out(parts, gordo_server):
 
 def test_a_redelivered_task_stores_nothing_twice(parts):
     task = Task(project="demo", model="pump-1", revision=parts.model_info.latest_revision("demo"),
-                start=NOW - timedelta(hours=2), end=NOW - timedelta(hours=1))
+                start=HOUR - timedelta(hours=2), end=HOUR - timedelta(hours=1))
     parts.queue.publish([task.to_json(), task.to_json()])
     assert drain(parts) == 2
     rows = stored(parts)
@@ -142,7 +144,7 @@ def test_a_redelivered_task_stores_nothing_twice(parts):
 
 def test_malformed_messages_are_dead_lettered_and_the_loop_goes_on(parts):
     good = Task(project="demo", model="pump-1", revision=parts.model_info.latest_revision("demo"),
-                start=NOW - timedelta(hours=1), end=NOW - timedelta(minutes=30))
+                start=HOUR - timedelta(hours=1), end=HOUR - timedelta(minutes=30))
     parts.queue.publish([b"\x00not json", b'{"version": 1, "project": "demo"}', good.to_json()])
     assert drain(parts) == 3
     with parts.engine.connect() as connection:
@@ -156,8 +158,8 @@ def test_malformed_messages_are_dead_lettered_and_the_loop_goes_on(parts):
 
 def test_a_gone_revision_is_replanned_at_the_latest(parts, gordo_server):
     latest = parts.model_info.latest_revision("demo")
-    stale = Task(project="demo", model="pump-1", revision="1000", start=NOW - timedelta(hours=1),
-                 end=NOW - timedelta(minutes=30))
+    stale = Task(project="demo", model="pump-1", revision="1000", start=HOUR - timedelta(hours=1),
+                 end=HOUR - timedelta(minutes=30))
     parts.queue.publish([stale.to_json()])
     assert drain(parts) == 2  # the stale task, then its re-planned twin
     rows = stored(parts)
@@ -171,8 +173,8 @@ def test_an_unreachable_gordo_is_retried_then_dead_lettered(database_url, clock)
     unreachable = "http://127.0.0.1:9"  # discard port: nothing listens
     parts = build(make_config(database_url, unreachable, max_attempts=2), clock=clock)
     try:
-        task = Task(project="demo", model="pump-1", revision="1", start=NOW - timedelta(hours=1),
-                    end=NOW - timedelta(minutes=30))
+        task = Task(project="demo", model="pump-1", revision="1", start=HOUR - timedelta(hours=1),
+                    end=HOUR - timedelta(minutes=30))
         parts.queue.publish([task.to_json()])
         executor = Executor(parts)
         [message] = parts.queue.receive(1, timedelta(0))
@@ -224,7 +226,7 @@ def test_sensors_from_and_predictions_into_influxdb(tmp_path, gordo_server, infl
 
         # predicting the same windows again (a redelivery) overwrites, never duplicates
         task = Task(project="demo", model="pump-1", revision=gordo_server.revision,
-                    start=NOW - timedelta(hours=2), end=NOW - timedelta(hours=1))
+                    start=HOUR - timedelta(hours=2), end=HOUR - timedelta(hours=1))
         parts.queue.publish([task.to_json()])
         drain(parts)
         again = influx_server.points(

@@ -22,11 +22,11 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, delete, event, func, inspect, select
+from sqlalchemy import Engine, delete, event, func, inspect, select, text
 
 from latigo import db
 from latigo.errors import TransientError
-from latigo.ledger import Ledger, PlannedWindow, State
+from latigo.ledger import Ledger, Outcome, PlannedWindow, State
 from latigo.providers.predictions.sql import SqlPredictions
 from latigo.providers.sensors.sql import SqlSensors
 from latigo.queues import Message
@@ -36,7 +36,9 @@ from latigo.task import Task
 from latigo.window import Window
 from tests.postgres_fixture import PostgresServer
 
+# every test's predictions lie in this span: a store replaces what it holds
 T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
+SPAN = Window(T0 - timedelta(days=1), T0 + timedelta(days=1))
 INTERVAL = timedelta(minutes=30)
 LEASE = timedelta(minutes=5)
 # receive(wait=NOW): look once, do not wait
@@ -481,24 +483,37 @@ def test_mark_queued_leaves_windows_that_are_past_planning(book: Ledger, engine:
     assert rows[("a", T0 + INTERVAL)].state == State.QUEUED
 
 
-def test_finish_covers_every_window_of_the_task_and_only_those(
+def test_each_window_of_a_task_records_its_own_outcome_and_no_other_window_changes(
     book: Ledger, engine: Engine, clock: FixedClock
 ) -> None:
     book.plan(planned("a", grid(6)) + planned("b", grid(6)))
     clock.advance(timedelta(hours=1))
+    windows = grid(6)
+    book.fail(task_over("a", grid(3, start=2)), "timeout")  # a failed attempt's error is cleared by the outcome
 
-    book.finish(task_over("a", grid(3, start=2), revision="50"), State.NO_DATA, error="no rows")
+    book.record(
+        task_over("a", grid(3, start=2), revision="50"),
+        [
+            Outcome(windows[2], State.DONE, None, 3, 3),
+            Outcome(windows[3], State.DONE, "2 of 3 rows: no complete sensor data at 10:20", 2, 3),
+            Outcome(windows[4], State.NO_DATA, "no sensor data", 0, 3),
+            Outcome(windows[5], State.DONE, "outside the task", 3, 3),  # never written
+        ],
+    )
 
     rows = ledger_rows(engine)
-    for index, window in enumerate(grid(6)):
-        row = rows[("a", window.start)]
-        if 2 <= index < 5:
-            assert (row.state, row.revision, row.last_error, row.updated_at) == (
-                State.NO_DATA, "50", "no rows", clock.now,
-            )  # fmt: skip
-        else:
-            assert (row.state, row.revision, row.updated_at) == (State.PLANNED, "42", T0)
-        assert rows[("b", window.start)].state == State.PLANNED
+    got = {index: rows[("a", window.start)] for index, window in enumerate(windows)}
+    assert (got[2].state, got[2].note, got[2].stored_rows, got[2].expected_rows) == (State.DONE, None, 3, 3)
+    assert (got[3].state, got[3].stored_rows, got[3].expected_rows) == (State.DONE, 2, 3)
+    assert got[3].note == "2 of 3 rows: no complete sensor data at 10:20"
+    assert (got[4].state, got[4].note, got[4].stored_rows) == (State.NO_DATA, "no sensor data", 0)
+    for index in (2, 3, 4):
+        assert (got[index].revision, got[index].last_error, got[index].updated_at) == ("50", None, clock.now)
+    for index in (0, 1, 5):
+        assert (got[index].state, got[index].revision, got[index].updated_at, got[index].note) == (
+            State.PLANNED, "42", T0, None,
+        )  # fmt: skip
+    assert all(rows[("b", window.start)].state == State.PLANNED for window in windows)
 
 
 def test_fail_counts_attempts_on_the_tasks_windows(book: Ledger, engine: Engine) -> None:
@@ -678,12 +693,10 @@ def gordo_frame(times: int = 6, offset: float = 0.0) -> pd.DataFrame:
     return frame
 
 
-def stored_predictions(engine: Engine) -> dict[tuple[datetime, str, str], tuple[float | None, str]]:
+def stored_predictions(engine: Engine, model: str = "m") -> dict[tuple[datetime, str, str], tuple[float | None, str]]:
+    query = select(predictions).where(predictions.c.project == "p", predictions.c.model == model)
     with engine.connect() as connection:
-        return {
-            (row.time, row.output, row.tag): (row.value, row.revision)
-            for row in connection.execute(select(predictions).where(predictions.c.project == "p"))
-        }
+        return {(row.time, row.output, row.tag): (row.value, row.revision) for row in connection.execute(query)}
 
 
 def expected_predictions(frame: pd.DataFrame, revision: str) -> dict[tuple[datetime, str, str], tuple[float, str]]:
@@ -697,7 +710,7 @@ def expected_predictions(frame: pd.DataFrame, revision: str) -> dict[tuple[datet
 def test_store_writes_one_row_per_time_and_output_column(engine: Engine) -> None:
     frame = gordo_frame()
 
-    written = SqlPredictions(engine).store("p", "m", "7", frame)
+    written = SqlPredictions(engine).store("p", "m", "7", SPAN, frame)
 
     assert written == len(frame) * len(OUTPUT_COLUMNS) == 42
     assert count_rows(engine, predictions) == 42
@@ -710,15 +723,62 @@ def test_store_writes_one_row_per_time_and_output_column(engine: Engine) -> None
 
 def test_store_is_idempotent_and_the_latest_values_win(engine: Engine) -> None:
     store = SqlPredictions(engine)
-    store.store("p", "m", "7", gordo_frame())
+    store.store("p", "m", "7", SPAN, gordo_frame())
 
-    store.store("p", "m", "7", gordo_frame())
+    store.store("p", "m", "7", SPAN, gordo_frame())
     assert count_rows(engine, predictions) == 42
 
     updated = gordo_frame(offset=1000.0)
-    store.store("p", "m", "8", updated)
+    store.store("p", "m", "8", SPAN, updated)
     assert count_rows(engine, predictions) == 42
     assert stored_predictions(engine) == expected_predictions(updated, "8")
+
+
+def test_a_store_replaces_the_span_and_leaves_other_models_and_times(engine: Engine) -> None:
+    store = SqlPredictions(engine)
+    first = gordo_frame(times=6)
+    store.store("p", "m", "7", SPAN, first)
+    store.store("p", "other", "7", SPAN, first)
+    # a new run of [T0 + 2 steps, T0 + 6 steps) produced rows for only two of its four times
+    span = Window(T0 + STEP * 2, T0 + STEP * 6)
+    again = gordo_frame(times=6, offset=500.0).iloc[[3, 4]]
+    store.store("p", "m", "8", span, again)
+
+    kept = expected_predictions(first.iloc[[0, 1]], "7")
+    assert stored_predictions(engine, "m") == {**kept, **expected_predictions(again, "8")}
+    assert stored_predictions(engine, "other") == expected_predictions(first, "7")
+    # nothing to store clears the span
+    store.store("p", "m", "9", span, first.iloc[0:0])
+    assert stored_predictions(engine, "m") == kept
+
+
+def test_a_store_refuses_rows_outside_its_span(engine: Engine) -> None:
+    with pytest.raises(ValueError, match="do not lie in"):
+        SqlPredictions(engine).store("p", "m", "7", Window(T0, T0 + STEP), gordo_frame(times=2))
+    assert count_rows(engine, predictions) == 0
+
+
+def test_sensor_times_are_unambiguous_whatever_a_feeder_writes(engine: Engine) -> None:
+    """A feeder writing rows itself: on PostgreSQL an offset means what it says (timestamptz);
+    on SQLite, where times compare as text, anything but the canonical UTC form is refused."""
+    written = "2026-03-02 00:40:00+05:00"
+    with engine.begin() as connection:
+        if is_postgres(engine):
+            connection.execute(text("INSERT INTO sensor_data (tag, time, value) VALUES ('F', :t, 1.5)"), {"t": written})
+        else:
+            for bad in (written, "2026-03-01T19:40:00", "2026-03-01 19:40:00", "2026-03-01 19:40:00.000000Z"):
+                with pytest.raises(sqlalchemy.exc.IntegrityError, match="ck_sensor_data_utc_text"):
+                    with connection.begin_nested():
+                        connection.execute(text("INSERT INTO sensor_data (tag, time, value) VALUES ('F', :t, 1.5)"), {"t": bad})
+            connection.execute(
+                text("INSERT INTO sensor_data (tag, time, value) VALUES ('F', '2026-03-01 19:40:00.000000', 1.5)")
+            )
+    sensors = SqlSensors(engine)
+    at = datetime(2026, 3, 1, 19, 40, tzinfo=timezone.utc)
+    got = sensors.data(["F"], at, at + timedelta(minutes=1))
+    assert list(got.index) == [pd.Timestamp(at)] and got["F"].tolist() == [1.5]
+    assert sensors.data(["F"], at + timedelta(minutes=1), at + timedelta(hours=6)).empty
+    assert sensors.data(["F"], at - timedelta(hours=6), at).empty
 
 
 def test_store_replaces_rows_written_through_sqlalchemy_types(engine: Engine) -> None:
@@ -733,7 +793,7 @@ def test_store_replaces_rows_written_through_sqlalchemy_types(engine: Engine) ->
     with engine.begin() as connection:
         db.upsert(connection, predictions, rows)
 
-    SqlPredictions(engine).store("p", "m", "7", frame)
+    SqlPredictions(engine).store("p", "m", "7", SPAN, frame)
 
     assert count_rows(engine, predictions) == 42
     assert stored_predictions(engine) == expected_predictions(frame, "7")
@@ -743,7 +803,7 @@ def test_store_keeps_nan_as_null(engine: Engine) -> None:
     frame = gordo_frame()
     frame.loc[T0 + STEP * 2, ("tag-anomaly-scaled", "T2")] = np.nan
 
-    SqlPredictions(engine).store("p", "m", "7", frame)
+    SqlPredictions(engine).store("p", "m", "7", SPAN, frame)
 
     rows = stored_predictions(engine)
     assert len(rows) == 42, "a NaN value is still a row"
@@ -768,7 +828,7 @@ def test_stopped_postgres_is_a_transient_error_and_recovers(
         db.upgrade(engine)
         sensors, store = SqlSensors(engine), SqlPredictions(engine)
         sensors.write(sensor_frame())
-        store.store("p", "m", "7", gordo_frame())  # the pool now holds live connections
+        store.store("p", "m", "7", SPAN, gordo_frame())  # the pool now holds live connections
 
         with postgres_server.stopped():
             started = monotonic()
@@ -779,11 +839,11 @@ def test_stopped_postgres_is_a_transient_error_and_recovers(
             with pytest.raises(TransientError, match="sensor store unavailable"):
                 sensors.sensors()
             with pytest.raises(TransientError, match="prediction store unavailable"):
-                store.store("p", "m", "7", gordo_frame())
+                store.store("p", "m", "7", SPAN, gordo_frame())
             assert monotonic() - started < 10, "an unreachable database must fail fast"
 
         assert_sensor_data(sensors.data(["T1", "T2"], T0, T0 + STEP * 6), sensor_frame())
-        assert store.store("p", "m", "8", gordo_frame(offset=1.0)) == 42
+        assert store.store("p", "m", "8", SPAN, gordo_frame(offset=1.0)) == 42
         assert stored_predictions(engine) == expected_predictions(gordo_frame(offset=1.0), "8")
     finally:
         engine.dispose()

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 from latigo.components import build
 from latigo.config import Config
-from latigo.ledger import PlannedWindow, State
+from latigo.ledger import Outcome, PlannedWindow, State
 from latigo.task import Task
 from latigo.window import Window
 
@@ -30,8 +30,9 @@ def test_status_table_and_json(tmp_path):
         for model in ("pump-1", "turbine-1"):
             parts.ledger.plan([PlannedWindow("demo", model, "1", Window(t.start, t.end))
                                for t in (task(model, k) for k in (0, 1, 2, 4))])  # window 3 never planned
-        for k in (0, 1):
-            parts.ledger.finish(task("pump-1", k), State.DONE)
+        parts.ledger.record(task("pump-1", 0), [Outcome(task("pump-1", 0).window, State.DONE, None, 3, 3)])
+        partial = Outcome(task("pump-1", 1).window, State.DONE, "1 of 3 rows: no complete sensor data at 10:40–10:50", 1, 3)
+        parts.ledger.record(task("pump-1", 1), [partial])
         parts.ledger.fail(task("pump-1", 2), "TransientError: Gordo answered 503")
         parts.ledger.dead_letter(b"{}", "permanent", "PermanentError: Gordo answered 404", 1, task("turbine-1", 0))
         parts.queue.publish([b"waiting"])
@@ -49,10 +50,13 @@ def test_status_table_and_json(tmp_path):
     assert "demo/pump-1" in table and "demo/turbine-1" in table
     assert "recent failures:" in table and "Gordo answered 503" in table and "Gordo answered 404" in table
     assert "dead letters: 1; queue depth: 1" in table
+    header, pump = (line.split() for line in table.splitlines() if line.split()[:1] in (["model"], ["demo/pump-1"]))
+    assert pump[header.index("partial")] == "1" and pump[header.index("done")] == "2"
 
     document = json.loads(latigo("--json"))
     models = {entry["model"]: entry for entry in document["models"]}
     assert models["pump-1"]["states"]["done"] == 2 and models["pump-1"]["states"]["failed"] == 1
+    assert models["pump-1"]["partial"] == 1 and models["turbine-1"]["partial"] == 0
     assert models["pump-1"]["missing"] == 1 and models["turbine-1"]["states"]["dead"] == 1
     assert models["pump-1"]["newest_done_end"] == (START + HALF_HOUR * 2).isoformat()
     assert models["turbine-1"]["newest_done_end"] is None

@@ -41,7 +41,7 @@ from latigo.config import Config
 from latigo.demo.feeder import feed
 from latigo.demo.models import tags_of
 from latigo.executor import Executor
-from latigo.ledger import Ledger, PlannedWindow, State
+from latigo.ledger import Ledger, Outcome, PlannedWindow, State
 from latigo.scheduler import Scheduler
 from latigo.schema import ledger, predictions, sensor_data
 from latigo.task import Task
@@ -130,8 +130,9 @@ def task(project: str, model: str, revision: str, window: Window) -> Task:
 
 
 def plan_fleet(led: Ledger, revision: str) -> None:
-    """A fleet of models, all done but for a few: some with a sensor outage, some new
-    (planned only for the last six hours), two with their newest windows stuck in the queue."""
+    """A fleet of models, all done but for a few: some with a sensor outage, some with a
+    partial window, some new (planned only for the last six hours), two with their newest
+    windows stuck in the queue."""
     day = Window(FIRST_COLUMN, LATE.end)
     windows = list(Grid(HALF_HOUR).windows(day.start, day.end))
     for index in range(FLEET):
@@ -147,6 +148,12 @@ def plan_fleet(led: Ledger, revision: str) -> None:
         if index % 17 == 3:
             outage = Window(windows[20].start, windows[23].end)
             led.finish(task("fleet", model, revision, outage), State.NO_DATA, "no sensor data in the window")
+        if index % 31 == 9:  # a short gap: one window with a row missing
+            gap = windows[30]
+            led.record(
+                task("fleet", model, revision, gap),
+                [Outcome(gap, State.DONE, f"2 of 3 rows: no complete sensor data at {gap.start:%H:%M}", 2, 3)],
+            )
 
 
 @pytest.fixture(scope="module")
@@ -273,9 +280,9 @@ def test_the_heatmap_has_a_row_per_model_and_a_cell_per_window(site):
     pump = row_named(rows, "demo/pump-1")
     assert pump.href == "/model/demo/pump-1?hours=24"
     assert pump.lag == "37m"  # now 12:37, newest done window ended 12:00
-    # done, no data, late, failed, dead: 42 done (the newest due window at 11:07 and 20 h before
+    # done, partial, no data, late, failed, dead: 42 done (the newest due window at 11:07 and 20 h before
     # it, two more at 12:07: 43 predicted, one failed since)
-    assert pump.counts == ["42", "0", "1", "1", "0"]
+    assert pump.counts == ["42", "0", "0", "1", "1", "0"]
 
 
 def test_each_cell_shows_its_windows_state(site):
@@ -338,8 +345,8 @@ def test_rows_come_worst_first(site):
         "demo/turbine-1",  # one late
     ]
     # then the stalest, then those with windows without data
-    assert all(row.counts[2:] == ["0", "0", "0"] for row in rows[6:])
-    assert rows[6].model.startswith("fleet/") and rows[6].lag == "7m" and rows[6].counts[1] == "4"
+    assert all(row.counts[3:] == ["0", "0", "0"] for row in rows[6:])
+    assert rows[6].model.startswith("fleet/") and rows[6].lag == "7m" and rows[6].counts[2] == "4"
 
 
 def test_names_and_errors_from_the_database_are_escaped(site):
@@ -393,7 +400,9 @@ def test_the_json_endpoint_has_the_heatmaps_data(site):
         compressor["cells"][column(DEAD.start)] == "dead"
         and compressor["cells"][column(LATE.start)] == "late"
     )
-    assert compressor["counts"] == {"done": 42, "no_data": 0, "failed": 0, "dead": 1, "late": 1, "pending": 0}
+    assert compressor["counts"] == {
+        "done": 42, "partial": 0, "no_data": 0, "failed": 0, "dead": 1, "late": 1, "pending": 0,
+    }  # fmt: skip
     assert compressor["lag_seconds"] == 37 * 60
     assert by_name["demo/turbine-1"]["counts"]["no_data"] == 8
     assert data["totals"]["dead"] == 2 and data["models_with"] == {
@@ -401,6 +410,7 @@ def test_the_json_endpoint_has_the_heatmaps_data(site):
         "failed": 1,
         "late": 3,
         "done": 3,
+        "partial": 0,
         "no_data": 1,
         "pending": 0,  # the HTML one: a dead window
     }
@@ -579,7 +589,7 @@ def test_a_real_browser_renders_the_heatmap_and_the_chart(site, tmp_path):
     status, pixels = screenshot(tmp_path, site.url + "/", "status-page.png")
     seen = colours_in(pixels)
     # the cells are painted: every state on the first screen shows in its exact colour
-    for cell in (Cell.DONE, Cell.NO_DATA, Cell.LATE, Cell.FAILED, Cell.DEAD, Cell.EMPTY):
+    for cell in (Cell.DONE, Cell.PARTIAL, Cell.NO_DATA, Cell.LATE, Cell.FAILED, Cell.DEAD, Cell.EMPTY):
         assert rgb(web.COLOURS[cell]) in seen, f"no {cell.value} pixel in the screenshot"
     done = np.all(pixels == np.array([0x2F, 0x9E, 0x44], dtype=np.uint8), axis=2).sum()
     assert done > 40 * 48 * 8 * 8  # dozens of rows of green cells, not a stray pixel
@@ -788,7 +798,9 @@ def test_the_queries_agree_on_sqlite_and_postgresql(database_url):
         windows = list(Grid(HALF_HOUR).windows(LATE.end - timedelta(hours=3), LATE.end))  # 09:30 .. 12:30: 6
         for model in ("a", "b"):
             parts.ledger.plan([PlannedWindow("p", model, "1", window) for window in windows])
-        parts.ledger.finish(task("p", "a", "1", Window(windows[0].start, windows[3].end)), State.DONE)
+        done = [Outcome(window, State.DONE, None, 3, 3) for window in windows[:4]]
+        done[2] = Outcome(windows[2], State.DONE, "2 of 3 rows: no complete sensor data at 10:50", 2, 3)
+        parts.ledger.record(task("p", "a", "1", Window(windows[0].start, windows[3].end)), done)
         parts.ledger.fail(task("p", "a", "1", windows[4]), "boom")
         parts.ledger.mark_queued([task("p", "a", "1", windows[5])])
         dead = task("p", "b", "1", windows[0])
@@ -799,7 +811,8 @@ def test_the_queries_agree_on_sqlite_and_postgresql(database_url):
     assert [row.model for row in data.rows] == ["b", "a"]
     b, a = data.rows
     assert a.counts == {
-        Cell.DONE: 4,
+        Cell.DONE: 3,
+        Cell.PARTIAL: 1,
         Cell.NO_DATA: 0,
         Cell.FAILED: 1,
         Cell.DEAD: 0,
@@ -807,7 +820,8 @@ def test_the_queries_agree_on_sqlite_and_postgresql(database_url):
         Cell.PENDING: 0,
     }
     assert a.newest_done == windows[3].end and b.newest_done is None
-    assert [view.cell for view in a.cells] == [Cell.DONE] * 4 + [Cell.FAILED, Cell.LATE]
+    assert [view.cell for view in a.cells] == [Cell.DONE] * 2 + [Cell.PARTIAL, Cell.DONE, Cell.FAILED, Cell.LATE]
+    assert a.cells[2].title.endswith("partial (rows missing: data gaps): 2 of 3 rows: no complete sensor data at 10:50")
     assert [view.cell for view in b.cells] == [Cell.DEAD] + [Cell.LATE] * 5  # planned, never queued, due
     assert "<gone>" in b.cells[0].title  # escaped when rendered, not before
     assert json.loads(json.dumps(data.to_dict(parts.config)))["models"][0]["cells"][0] == "dead"

@@ -21,6 +21,20 @@ class ModelMetadata:
     resolution: timedelta
     # rows Gordo drops from the start of its answer (windowed models such as LSTMs)
     offset: int = 0
+    # the fewest rows Gordo accepts in one call: an LSTM needs more than its lookback window
+    # (an autoencoder's offset is one less than its lookback, a forecast's equal to it)
+    min_rows: int = 1
+
+    def __post_init__(self) -> None:
+        if self.min_rows <= self.offset:
+            object.__setattr__(self, "min_rows", self.offset + 1)
+
+    @property
+    def lookback(self) -> int:
+        """Rows a stored prediction needs before it in its run: the offset, or one less than
+        the fewest rows of a call if that is more, so that whether a row is predicted never
+        depends on which later rows were sent with it."""
+        return max(self.offset, self.min_rows - 1)
 
 
 class ModelInformationProvider(ABC):
@@ -48,9 +62,11 @@ class ModelExecutionProvider(ABC):
 
     @abstractmethod
     def predict(self, metadata: ModelMetadata, X: pd.DataFrame, y: pd.DataFrame) -> pd.DataFrame:
-        """Gordo's answer for the rows of ``X``: float columns on two levels (group, tag)
-        such as ("tag-anomaly-scaled", "TAG-1") or ("total-anomaly-scaled", ""), a UTC index.
-        Gordo's bookkeeping columns ``start`` and ``end`` are not kept: the index says as much."""
+        """Gordo's answer for the rows of ``X`` (one contiguous run): float columns on two
+        levels (group, tag) such as ("tag-anomaly-scaled", "TAG-1") or ("total-anomaly-scaled",
+        ""), a UTC index. Gordo's bookkeeping columns ``start`` and ``end`` are not kept: the
+        index says as much. An answer that does not fit the model (groups, tags, times) is a
+        PermanentError: nothing of it may be stored."""
 
     def close(self) -> None:
         """Release connections."""

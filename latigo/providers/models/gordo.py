@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from time import monotonic
 from typing import Any, Mapping
+from urllib.parse import quote
 
 import pandas as pd
 import requests
@@ -36,6 +37,15 @@ TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 BODY_QUOTE = 300
 # bytes asked for per read of an answer
 READ_CHUNK = 1 << 16
+# the largest offset or lookback taken from metadata: a model looking back further (a year of
+# 10-minute rows) is a mistake, and the padding would not fit in a datetime
+MAX_LOOKBACK = 100_000
+# the lookback_window of Gordo's Keras LSTM estimators when their definition names none
+GORDO_DEFAULT_LOOKBACK = 1
+# the finest resolution taken from metadata: each window counts its rows one by one
+MIN_RESOLUTION = timedelta(seconds=1)
+# the resolution Gordo's datasets use when their config names none
+DEFAULT_RESOLUTION = "10T"
 # pandas' current spelling of the frequency aliases older Gordo metadata uses ("10T")
 _LEGACY_FREQUENCIES = {"T": "min", "H": "h", "S": "s", "L": "ms", "U": "us", "N": "ns"}
 
@@ -56,25 +66,90 @@ def parse_resolution(text: str) -> timedelta:
     return resolution
 
 
-def parse_metadata(project: str, model: str, revision: str, document: dict[str, Any]) -> ModelMetadata:
-    """Pick what Latigo needs out of Gordo's ``/metadata`` answer."""
-    try:
-        machine = document["metadata"]
-        dataset = machine["dataset"]
-        tags = tuple(_tag_name(tag) for tag in dataset["tag_list"])
-        targets = tuple(_tag_name(tag) for tag in (dataset.get("target_tag_list") or dataset["tag_list"]))
-        build = (machine.get("metadata") or {}).get("build_metadata") or {}
-        offset = int(((build.get("model") or {}).get("model_offset")) or 0)
-        resolution = parse_resolution(dataset.get("resolution", "10T"))
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise PermanentError(f"{project}/{model}: metadata without {error}") from None
+class BadMetadata(PermanentError):
+    """Gordo's metadata of a model is not what Latigo can predict with; never cached."""
+
+
+def parse_metadata(project: str, model: str, revision: str, document: Any) -> ModelMetadata:
+    """Pick what Latigo needs out of Gordo's ``/metadata`` answer, checked: a list of distinct
+    string tags, a parseable resolution, a whole non-negative offset. Anything else is
+    BadMetadata, never a guess (a string ``tag_list`` read as a list is one tag per letter)."""
+    what = f"{project}/{model}@{revision}: bad metadata"
+    machine = _mapping(document, "metadata", what)
+    dataset = _mapping(machine, "dataset", what)
+    tags = _tag_list(dataset.get("tag_list"), "tag_list", what)
     if not tags:
-        raise PermanentError(f"{project}/{model}: metadata lists no tags")
-    return ModelMetadata(project, model, revision, tags, targets, resolution, offset)
+        raise BadMetadata(f"{what}: dataset.tag_list lists no tags")
+    targets = _tag_list(dataset.get("target_tag_list"), "target_tag_list", what) or tags
+    resolution_text = dataset.get("resolution", DEFAULT_RESOLUTION)
+    if not isinstance(resolution_text, str):
+        raise BadMetadata(f"{what}: dataset.resolution is {resolution_text!r}, not a frequency")
+    try:
+        resolution = parse_resolution(resolution_text)
+    except PermanentError as error:
+        raise BadMetadata(f"{what}: dataset.{error}") from None
+    if resolution < MIN_RESOLUTION:
+        raise BadMetadata(f"{what}: dataset.resolution {resolution_text!r} is finer than {MIN_RESOLUTION}")
+    inner = machine.get("metadata") or {}
+    build = (inner.get("build_metadata") or {}) if isinstance(inner, dict) else None
+    built = (build.get("model") or {}) if isinstance(build, dict) else None
+    if not isinstance(built, dict):
+        raise BadMetadata(f"{what}: metadata.build_metadata.model is not a mapping")
+    # no offset recorded: a model that answers every row (older builds wrote none)
+    offset = 0 if built.get("model_offset") is None else _whole(built["model_offset"], "model_offset", what)
+    lookback = _whole(max(_lookbacks(machine.get("model")), default=0), "lookback_window", what)
+    return ModelMetadata(project, model, revision, tags, targets, resolution, offset, min_rows=lookback + 1)
 
 
-def _tag_name(tag: Any) -> str:
-    return tag["name"] if isinstance(tag, dict) else str(tag)
+def _mapping(document: Any, key: str, what: str) -> dict[str, Any]:
+    value = document.get(key) if isinstance(document, dict) else None
+    if not isinstance(value, dict):
+        raise BadMetadata(f"{what}: no {key} mapping")
+    return value
+
+
+def _tag_list(value: Any, key: str, what: str) -> tuple[str, ...]:
+    """Tag names from a list of names or of ``{"name": ...}`` mappings (None: no list)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise BadMetadata(f"{what}: dataset.{key} is {type(value).__name__}, not a list of tags")
+    names = tuple(tag.get("name") if isinstance(tag, dict) else tag for tag in value)
+    wrong = [name for name in names if not isinstance(name, str) or not name]
+    if wrong:
+        raise BadMetadata(f"{what}: dataset.{key} has tags that are not names: {wrong[:5]!r}")
+    if len(set(names)) != len(names):
+        raise BadMetadata(f"{what}: dataset.{key} names a tag twice")
+    return names
+
+
+def _whole(value: Any, key: str, what: str) -> int:
+    number = int(value) if isinstance(value, float) and value.is_integer() else value
+    if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= MAX_LOOKBACK:
+        raise BadMetadata(f"{what}: {key} is {value!r}, not a whole number from 0 to {MAX_LOOKBACK}")
+    return number
+
+
+def _lookbacks(definition: Any) -> list[int]:
+    """Every ``lookback_window`` in a model definition (nested mappings and lists); a Keras
+    LSTM written without one has Gordo's default."""
+    if isinstance(definition, dict):
+        found = [value for key, value in definition.items() if key == "lookback_window" and type(value) is int]
+        found += [
+            GORDO_DEFAULT_LOOKBACK
+            for key, value in definition.items()
+            if "LSTM" in str(key) and isinstance(value, dict) and "lookback_window" not in value
+        ]
+        return found + [size for value in definition.values() for size in _lookbacks(value)]
+    if isinstance(definition, list):
+        return [size for value in definition for size in _lookbacks(value)]
+    return []
+
+
+def _route(*parts: str) -> str:
+    """A Gordo route from names, each percent-encoded: a model called ``q?x=1#frag`` or
+    ``pct%2Fenc`` must reach that model, not a query string or another path."""
+    return "/".join(quote(part, safe="") for part in parts)
 
 
 @dataclass(frozen=True)
@@ -190,7 +265,7 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
     # -- ModelInformationProvider ------------------------------------------------------
 
     def latest_revision(self, project: str) -> str:
-        document = self._json(f"{project}/revisions", f"{project}: revisions")
+        document = self._json(_route(project, "revisions"), f"{project}: revisions")
         revision = str(document.get("latest", ""))
         if not revision.isdigit():
             raise PermanentError(f"{project}: Gordo gave no latest revision: {document!r:.{BODY_QUOTE}}")
@@ -198,11 +273,11 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
 
     def models(self, project: str, revision: str | None = None) -> list[str]:
         params = {"revision": revision} if revision else {}
-        document = self._json(f"{project}/models", f"{project}: models", **params)
+        document = self._json(_route(project, "models"), f"{project}: models", **params)
         return sorted(str(name) for name in document.get("models", []))
 
     def expected_models(self, project: str) -> list[str]:
-        document = self._json(f"{project}/expected-models", f"{project}: expected models")
+        document = self._json(_route(project, "expected-models"), f"{project}: expected models")
         return sorted(str(name) for name in document.get("expected-models", []))
 
     def metadata(self, project: str, model: str, revision: str) -> ModelMetadata:
@@ -211,7 +286,7 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
         if cached is not None:
             return cached
         what = f"{project}/{model}@{revision}: metadata"
-        document = self._json(f"{project}/{model}/metadata", what, revision=revision)
+        document = self._json(_route(project, model, "metadata"), what, revision=revision)
         metadata = parse_metadata(project, model, revision, document)
         self._metadata.put(key, metadata)
         return metadata
@@ -238,7 +313,7 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
         anomaly = endpoint.startswith("anomaly")
         answer = self._call(
             "POST",
-            f"{metadata.project}/{metadata.model}/{endpoint}",
+            f"{_route(metadata.project, metadata.model)}/{endpoint}",
             what,
             passthrough=frozenset({422}) if anomaly else frozenset(),
             params={"format": "parquet", "revision": metadata.revision},
@@ -252,9 +327,11 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
                 f"{what}: expected a parquet answer, got {answer.content_type or 'no content type'}: {answer.quote()}"
             )
         try:
-            return wire.read_answer(answer.body)
+            frame = wire.read_answer(answer.body)
+            wire.check_answer(frame, metadata, X.index, anomaly)
         except PermanentError as error:
             raise PermanentError(f"{what}: {error}") from None
+        return frame
 
     def close(self) -> None:
         self._session.close()

@@ -28,7 +28,15 @@ import pyarrow.parquet as pq
 
 from latigo.errors import PermanentError
 from latigo.frames import NON_OUTPUT_GROUPS, epoch_ns
+from latigo.providers.models import ModelMetadata
 
+# the groups Gordo's /prediction endpoint answers for every model
+PREDICTION_GROUPS = ("model-input", "model-output")
+# the groups its /anomaly/prediction endpoint adds for every anomaly model (thresholds add
+# anomaly-confidence and total-anomaly-confidence, all_columns the smooth-* ones)
+ANOMALY_GROUPS = PREDICTION_GROUPS + (
+    "tag-anomaly-scaled", "tag-anomaly-unscaled", "total-anomaly-scaled", "total-anomaly-unscaled",
+)
 # frames with at most this many rows are sent as JSON, longer ones as parquet (the crossover
 # measured against Gordo 6.0.4: see the module docstring)
 JSON_MAX_ROWS = 200
@@ -117,3 +125,40 @@ def _output_columns(names: tuple[str, ...], index_name: str) -> tuple[pd.MultiIn
             kept.append(column)
             positions.append(position)
     return pd.MultiIndex.from_tuples(kept, names=[None, None]), tuple(positions)
+
+
+def check_answer(answer: pd.DataFrame, metadata: ModelMetadata, asked: pd.DatetimeIndex, anomaly: bool) -> None:
+    """Raise PermanentError naming what differs when ``answer`` is not a prediction of this
+    model for the rows ``asked``: a promised group missing, a per-tag group whose tags are
+    not the model's (Gordo matches columns by position when names differ, so wrong names
+    would be stored under the wrong sensors), a total with more than one column, or times
+    that were not asked for."""
+    groups: dict[str, list[str]] = {}
+    for group, tag in answer.columns:
+        groups.setdefault(group, []).append(tag)
+    missing = [group for group in (ANOMALY_GROUPS if anomaly else PREDICTION_GROUPS) if group not in groups]
+    if missing:
+        raise PermanentError(f"the answer lacks the groups {', '.join(missing)}")
+    for group, tags in groups.items():
+        if "total-" in group:
+            if tags != [""]:
+                raise PermanentError(f"the answer's {group} has columns {tags[:5]!r}, not one total")
+            continue
+        if group == "model-output" and not anomaly:
+            continue  # a plain model may output anything (a transformer's components "0", "1", ...)
+        wanted = metadata.tags if group == "model-input" else metadata.target_tags
+        if sorted(tags) != sorted(wanted):
+            unknown = sorted(set(tags) - set(wanted))
+            absent = sorted(set(wanted) - set(tags))
+            raise PermanentError(
+                f"the answer's {group} tags differ from the model's: "
+                f"not the model's {unknown[:5]!r}, missing {absent[:5]!r}"
+                + (" (a tag twice)" if not unknown and not absent else "")
+            )
+    times = epoch_ns(answer.index)
+    if len(times) > 1 and not (np.diff(times) > 0).all():
+        raise PermanentError("the answer's times are not strictly increasing")
+    outside = ~np.isin(times, epoch_ns(asked))
+    if outside.any():
+        first = answer.index[np.flatnonzero(outside)[0]]
+        raise PermanentError(f"the answer has {int(outside.sum())} rows at times not asked for, first {first.isoformat()}")

@@ -6,15 +6,24 @@ from abc import ABC, abstractmethod
 
 import pandas as pd
 
+from latigo.window import Window
+
 
 class PredictionStorageProvider(ABC):
-    """Stores predictions idempotently: storing the same rows twice leaves one copy, so a
-    redelivered task never duplicates data."""
+    """Stores a model's predictions for a span of time, replacing what was there.
+
+    A window predicted again (a backfill with ``--mode all``, a replayed dead letter, a new
+    revision, data that arrived late) must end up with exactly the new run's rows: a row of
+    the earlier run that the new one did not produce (computed across a gap since filled, or
+    at a time the new revision cannot predict) would otherwise stay beside the new ledger
+    state. Storing the same predictions twice leaves one copy, so a redelivered task never
+    duplicates data, and a store interrupted half way is repaired by storing again."""
 
     @abstractmethod
-    def store(self, project: str, model: str, revision: str, predictions: pd.DataFrame) -> int:
-        """Store Gordo's answer (two-level columns, UTC index) for one model; return the
-        number of values written."""
+    def store(self, project: str, model: str, revision: str, span: Window, predictions: pd.DataFrame) -> int:
+        """Replace the model's predictions in ``span`` by ``predictions`` (Gordo's answer:
+        two-level columns, UTC index, every row inside ``span``; empty to remove them all);
+        return the number of values written."""
 
     def close(self) -> None:
         """Release connections."""

@@ -16,11 +16,15 @@ layout, so Latigo writes the same points (gordo_client/forwarders.py,
 
 gordo-client writes neither the project nor the revision. The revision is deliberately
 left out: a window re-predicted after Gordo rebuilt must overwrite the old point, not add a
-second series. The project is written only when ``project_tag`` names a tag key for it
-(useful when two projects share a database and a model name).
+second series. The project is written only when ``predictions.project_tag`` names a tag key
+for it: two projects that share a database and a model name need it, or their points are
+one series and a store of one replaces the other's.
 
-Idempotent by construction: InfluxDB keeps one value per (measurement, tag set, field,
-time), so storing the same predictions again overwrites the points instead of adding any.
+A store replaces: it first deletes the model's points in the span from every output
+measurement (with the same machine and extra tags, so another deployment's points in a
+shared database are left alone), then writes. Repeating it is safe: InfluxDB keeps one
+value per (measurement, tag set, field, time), and a store cut off between its delete and
+its write leaves the task unacknowledged, so it is stored again.
 """
 
 from __future__ import annotations
@@ -29,9 +33,20 @@ import pandas as pd
 
 from latigo.config import InfluxPredictionsConfig
 from latigo.errors import PermanentError
-from latigo.frames import epoch_ns, output_series
+from latigo.frames import check_inside, epoch_ns, output_series
+from latigo.providers.influx import (
+    InfluxHttp,
+    escape_key,
+    escape_measurement,
+    float_lines,
+    measurements_regex,
+    quote_ident,
+    quote_string,
+    rfc3339,
+    time_suffixes,
+)
 from latigo.providers.predictions import PredictionStorageProvider
-from latigo.providers.influx import InfluxHttp, escape_key, escape_measurement, float_lines, time_suffixes
+from latigo.window import Window
 
 # the tag holding the model's name, as gordo-client writes it
 MACHINE_TAG = "machine"
@@ -39,6 +54,13 @@ MACHINE_TAG = "machine"
 SENSOR_TAG = "sensor_name"
 # the one field of every point, as gordo-client writes it
 VALUE_FIELD = "sensor_value"
+# every output group Gordo answers (anomaly, thresholds, all_columns): the measurements a
+# store clears in its span, so a group the new run lacks leaves no stale points either
+OUTPUT_MEASUREMENTS = (
+    "model-input", "model-output", "tag-anomaly-scaled", "tag-anomaly-unscaled", "total-anomaly-scaled",
+    "total-anomaly-unscaled", "anomaly-confidence", "total-anomaly-confidence", "smooth-tag-anomaly-scaled",
+    "smooth-tag-anomaly-unscaled", "smooth-total-anomaly-scaled", "smooth-total-anomaly-unscaled",
+)
 
 
 class InfluxPredictions(PredictionStorageProvider):
@@ -49,7 +71,8 @@ class InfluxPredictions(PredictionStorageProvider):
     (gordo-client drops every row that holds one; Latigo keeps the row's other values.)
     """
 
-    def __init__(self, config: InfluxPredictionsConfig, *, project_tag: str | None = None) -> None:
+    def __init__(self, config: InfluxPredictionsConfig) -> None:
+        project_tag = config.project_tag
         reserved = {MACHINE_TAG, SENSOR_TAG} | ({project_tag} if project_tag else set())
         clashing = reserved & set(config.extra_tags)
         if clashing:
@@ -58,26 +81,40 @@ class InfluxPredictions(PredictionStorageProvider):
         self._project_tag = project_tag
         self._http = InfluxHttp(config)
 
-    def store(self, project: str, model: str, revision: str, predictions: pd.DataFrame) -> int:
-        """Write every finite value of ``predictions`` as one point; return how many were written."""
-        if predictions.empty:
-            return 0
-        if not isinstance(predictions.index, pd.DatetimeIndex) or predictions.index.tz is None:
+    def store(self, project: str, model: str, revision: str, span: Window, predictions: pd.DataFrame) -> int:
+        """Replace the model's points in ``span`` by every finite value of ``predictions``;
+        return how many were written."""
+        if not predictions.empty and (not isinstance(predictions.index, pd.DatetimeIndex) or predictions.index.tz is None):
             raise PermanentError(f"predictions of {project}/{model} need a UTC DatetimeIndex")
+        check_inside(predictions, span)
         common = {MACHINE_TAG: model, **self._config.extra_tags}
         if self._project_tag:
             common[self._project_tag] = project
+        series, values = output_series(predictions)
+        # every name is checked (escaped) before anything is deleted: a name line protocol
+        # cannot carry must not leave the span emptied
+        prefixes = [_series_key(output, {**common, SENSOR_TAG: tag}) for output, tag in series]
+        self._http.delete(self._deletes(common, span, {output for output, _ in series}))
+        if predictions.empty:
+            return 0
         # one series per output column, straight from the wide frame; the lines are built
         # batch by batch as they are written, so memory holds one batch, not the task's
-        series, values = output_series(predictions)
         suffixes = time_suffixes(epoch_ns(predictions.index))
-        prefixes = [_series_key(output, {**common, SENSOR_TAG: tag}) for output, tag in series]
         lines = (
             line
             for position, prefix in enumerate(prefixes)
             for line in float_lines(prefix, VALUE_FIELD, values[:, position], suffixes)
         )
         return self._http.write(lines, self._config.batch_size)
+
+    @staticmethod
+    def _deletes(tags: dict[str, str], span: Window, outputs: set[str]) -> str:
+        """The DELETE of the points of these tags in ``span`` from every output measurement."""
+        where = " AND ".join(
+            [f"{quote_ident(key)} = {quote_string(value)}" for key, value in sorted(tags.items()) if value]
+            + [f"time >= '{rfc3339(span.start)}'", f"time < '{rfc3339(span.end)}'"]
+        )
+        return f"DELETE FROM {measurements_regex(set(OUTPUT_MEASUREMENTS) | outputs)} WHERE {where}"
 
     def close(self) -> None:
         self._http.close()

@@ -1,15 +1,19 @@
 """Predictions in the Latigo database (table ``predictions``), one row per
-(project, model, time, output, tag): an upsert on that key makes storing idempotent."""
+(project, model, time, output, tag). A store deletes the model's rows in the span and
+upserts the new ones in one transaction: readers see the old rows or the new ones, never a
+mix, and two executors storing the same task at once (a redelivery while the first still
+runs) both end with one copy."""
 
 from __future__ import annotations
 
 import pandas as pd
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete
 
 from latigo import db
-from latigo.frames import output_series
+from latigo.frames import check_inside, output_series
 from latigo.providers.predictions import PredictionStorageProvider
 from latigo.schema import predictions as predictions_table
+from latigo.window import Window
 
 
 class SqlPredictions(PredictionStorageProvider):
@@ -17,7 +21,14 @@ class SqlPredictions(PredictionStorageProvider):
         self._engine = engine
         self._upsert = db.PreparedUpsert(engine, predictions_table)
 
-    def store(self, project: str, model: str, revision: str, predictions: pd.DataFrame) -> int:
+    def store(self, project: str, model: str, revision: str, span: Window, predictions: pd.DataFrame) -> int:
+        check_inside(predictions, span)
+        stale = delete(predictions_table).where(
+            predictions_table.c.project == project,
+            predictions_table.c.model == model,
+            predictions_table.c.time >= span.start,
+            predictions_table.c.time < span.end,
+        )
         series, values = output_series(predictions)
         bind = self._upsert.bind
         project, model, revision = bind("project", project), bind("model", model), bind("revision", revision)
@@ -30,4 +41,5 @@ class SqlPredictions(PredictionStorageProvider):
             for (output, tag), value in zip(series, row)
         ]
         with db.translate_outage("prediction store"), self._engine.begin() as connection:
+            connection.execute(stale)
             return self._upsert.execute(connection, rows)

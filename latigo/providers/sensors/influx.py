@@ -12,10 +12,12 @@ import math
 from datetime import datetime
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from latigo.config import InfluxSensorsConfig
 from latigo.errors import PermanentError
+from latigo import frames
 from latigo.frames import epoch_ns
 from latigo.providers.influx import (
     InfluxHttp,
@@ -72,27 +74,30 @@ class InfluxSensors(SensorInformationProvider, SensorDataProvider):
         )
 
     def data(self, tags: Sequence[str], start: datetime, end: datetime) -> pd.DataFrame:
+        """The values of ``tags``; several points of one tag at one instant (in series that
+        differ by another tag key, which GROUP BY the sensor's tag merges) count as their
+        mean (see :func:`latigo.frames.pivot`)."""
         if not tags:
             return _empty_frame()
-        found: dict[str, pd.Series] = {}
+        times: list[int] = []
+        names: list[str] = []
+        values: list[object] = []
         for series in self._http.query(self.range_query(tags, start, end)):
             tag = (series.get("tags") or {}).get(self._config.tag_key)
             rows = series.get("values") or []
             if tag is None or not rows:
                 continue
-            times = pd.to_datetime([row[0] for row in rows], unit="ns", utc=True)
-            try:
-                found[tag] = pd.Series([row[1] for row in rows], index=times, dtype="float64", name=tag)
-            except (TypeError, ValueError) as error:
-                raise PermanentError(
-                    f"InfluxDB field {self._config.field!r} of {tag!r} is not numeric: {error}"
-                ) from error
-        columns = [found[tag] for tag in dict.fromkeys(tags) if tag in found]
-        if not columns:
+            times.extend(row[0] for row in rows)
+            values.extend(row[1] for row in rows)
+            names.extend([tag] * len(rows))
+        if not names:
             return _empty_frame()
-        frame = pd.concat(columns, axis=1).sort_index().astype("float64")
-        frame.index.name = "time"
-        return frame
+        try:
+            numbers = np.array(values, dtype="float64")
+        except (TypeError, ValueError) as error:
+            raise PermanentError(f"InfluxDB field {self._config.field!r} is not numeric: {error}") from error
+        instants = np.array(times, dtype="int64").astype("datetime64[ns]")
+        return frames.pivot(instants, names, numbers, list(tags))
 
     def write(self, frame: pd.DataFrame) -> int:
         """Write a wide frame (UTC index, one column per tag) as points; NaN cells are skipped

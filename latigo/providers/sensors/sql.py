@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import DateTime, Engine, String, select, type_coerce
+from sqlalchemy import DateTime, Engine, String, func, select, type_coerce
 
 from latigo import db, frames
 from latigo.providers.sensors import SensorDataProvider, SensorInformationProvider
@@ -63,11 +63,12 @@ class SqlSensors(SensorInformationProvider, SensorDataProvider):
     @property
     def _raw_time(self):
         """The time column as the driver hands it over, parsed in bulk by numpy: SQLite's
-        text (SQLAlchemy would parse it row by row in Python), PostgreSQL's naive UTC
-        datetimes (without the per-row zone of ``UTCDateTime``)."""
+        text (SQLAlchemy would parse it row by row in Python; the column's CHECK keeps it in
+        one form), PostgreSQL's ``timestamptz`` as naive UTC datetimes (without a zone object
+        per row, whatever the session's TimeZone)."""
         if self._engine.dialect.name == "sqlite":
             return type_coerce(sensor_data.c.time, String()).label("time")
-        return type_coerce(sensor_data.c.time, DateTime()).label("time")
+        return type_coerce(func.timezone("UTC", sensor_data.c.time), DateTime()).label("time")
 
     def write(self, frame: pd.DataFrame) -> int:
         long = frame.rename_axis("time").reset_index().melt(id_vars="time", var_name="tag", value_name="value")
