@@ -66,6 +66,7 @@ bench: gordo ## benchmarks (see bench/README.md): time, memory and ratios measur
 	$(BIN)/python -m bench.scheduler
 	$(BIN)/python -m bench.executor
 	$(BIN)/python -m bench.backfill
+	$(BIN)/python -m bench.sensors
 
 build: ## the Docker image (needs a Docker engine)
 	docker build -t latigo:latest .
