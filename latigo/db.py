@@ -99,7 +99,8 @@ def upgrade(engine: Engine) -> None:
     command.upgrade(alembic_config(engine), "head")
 
 
-def _insert(dialect: Dialect, table: Table):
+def dialect_insert(dialect: Dialect, table: Table):
+    """The dialect's INSERT, which has ON CONFLICT."""
     if dialect.name == "postgresql":
         return postgresql.insert(table)
     if dialect.name == "sqlite":
@@ -110,7 +111,7 @@ def _insert(dialect: Dialect, table: Table):
 def _upsert_statement(dialect: Dialect, table: Table, columns: Iterable[str]):
     """INSERT of ``columns`` that replaces the non-key ones where the primary key exists
     (and does nothing where every column is a key)."""
-    statement = _insert(dialect, table)
+    statement = dialect_insert(dialect, table)
     keys = [column.name for column in table.primary_key.columns]
     updates = {name: statement.excluded[name] for name in columns if name not in keys}
     if not updates:
@@ -176,7 +177,7 @@ def insert_new(connection: Connection, table: Table, rows: Sequence[Mapping[str,
     # INSERTs itself ("insertmanyvalues"): compiling one statement with thousands of VALUES
     # tuples cost more than the insert
     statement = (
-        _insert(connection.dialect, table)
+        dialect_insert(connection.dialect, table)
         .on_conflict_do_nothing(index_elements=[key.name for key in keys])
         .returning(*keys)
     )

@@ -18,7 +18,7 @@ from time import monotonic
 
 import pandas as pd
 
-from latigo import frames, logs, runs
+from latigo import calls, frames, logs, runs
 from latigo.components import Components
 from latigo.errors import MalformedTask, PermanentError, RevisionGone, TransientError
 from latigo.ledger import Outcome, State
@@ -65,6 +65,10 @@ class Executor:
         one Gordo call, so no call spans a data gap; windows get their rows from whichever
         runs cover them, and a window with none is ``no_data`` with the reason, however many
         windows the task holds."""
+        with calls.task_deadline(self._settings.task_deadline.total_seconds()):  # no call outlives the task
+            return self._process(task)
+
+    def _process(self, task: Task) -> list[Outcome]:
         parts = self._parts
         deadline = monotonic() + self._settings.task_deadline.total_seconds()
 
@@ -205,7 +209,16 @@ class Executor:
 
     def _replan(self, message: Message, task: Task, error: RevisionGone) -> State:
         parts = self._parts
-        latest = parts.model_info.latest_revision(task.project)
+        try:
+            latest = parts.model_info.latest_revision(task.project)
+        except PermanentError as lookup:
+            TASK_FAILURES.labels(lookup.__class__.__name__).inc()
+            reason = f"{error}; and the latest revision is unknown: {lookup}"
+            parts.ledger.dead_letter(message.body, "permanent", reason, message.deliveries, task)
+            parts.queue.ack(message)
+            return State.DEAD
+        except Exception as lookup:  # /revisions failing is this task's failed attempt, with its backoff
+            return self._retry_or_give_up(message, task, lookup)
         if latest == task.revision:
             parts.ledger.dead_letter(message.body, "permanent", f"{error} (and it is the latest)", message.deliveries, task)
             parts.queue.ack(message)

@@ -19,7 +19,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Iterable, Sequence
 
-from sqlalchemy import Engine, String, and_, bindparam, column, func, insert, select, update, values
+from sqlalchemy import Engine, String, and_, bindparam, column, func, select, update, values
 
 from latigo import db
 from latigo.clock import Clock, system_clock
@@ -273,9 +273,13 @@ class Ledger:
     def dead_letter(self, body: bytes, reason: str, error: str, attempts: int, task: Task | None = None) -> None:
         """Keep a message that cannot be handled, with why, for ``latigo dlq``; mark its
         windows dead."""
+        # a second letter of one task (two executors held it) is no letter
+        letter = db.dialect_insert(self._engine.dialect, dead_letters).on_conflict_do_nothing(
+            index_elements=["task_id"], index_where=dead_letters.c.task_id.is_not(None)
+        )
         with self._engine.begin() as connection:
             connection.execute(
-                insert(dead_letters).values(
+                letter.values(
                     task_id=str(task.id) if task else None,
                     project=task.project if task else None,
                     model=task.model if task else None,

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -117,6 +118,14 @@ dead_letters = Table(
     Column("error", Text, nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    # a task is dead-lettered once, however many executors held it
+    Index(
+        "ux_dead_letters_task_id",
+        "task_id",
+        unique=True,
+        sqlite_where=text("task_id IS NOT NULL"),
+        postgresql_where=text("task_id IS NOT NULL"),
+    ),
 )
 
 sensor_data = Table(

@@ -15,7 +15,9 @@ cycles through the kinds, so a run with enough requests injects every kind. Kind
 ``cut``        forward, but close the connection after half of the answer's body
 ``drip``       forward, but send the answer's body a byte every ``slow_s``: each read is
                quick, the whole answer takes ages
-(``cut`` and ``drip`` are not in FAULTS: each has a test of its own)
+``drip_headers``  answer ``200 OK``, then a header byte every ``slow_s``: the headers never end
+``cut_headers``   answer ``200 OK`` and half a header line, then close the connection
+(``cut``, ``drip`` and the header kinds are not in FAULTS: each has a test of its own)
 
 Every request is recorded as (kind, method, path) in ``records``, and its path and body in
 ``requests`` (to check what Latigo sent). Waits are bounded by an
@@ -165,6 +167,21 @@ class _Handler(BaseHTTPRequestHandler):
         elif kind == "reset":
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
+            self.close_connection = True
+        elif kind == "drip_headers":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            for byte in b"Content-Type: application/octet-stream\r\n" * 1000:
+                if proxy.stopping.wait(proxy.slow_s):
+                    break
+                try:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                except OSError:  # the client gave up: what the test waits for
+                    break
+            self.close_connection = True
+        elif kind == "cut_headers":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Ty")
+            self.wfile.flush()
             self.close_connection = True
         elif kind == "hang":
             proxy.stopping.wait(proxy.hang_s)

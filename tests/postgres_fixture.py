@@ -259,3 +259,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'latigo.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite Latigo database in tmp_path, for tests where the dialect adds nothing."""
+    return f"sqlite:///{tmp_path / 'latigo.db'}"

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from datetime import timedelta
+from time import monotonic
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
@@ -23,6 +24,7 @@ import pytest
 import requests
 import trustme
 
+from latigo import calls
 from latigo.components import build
 from latigo.config import AzureAdConfig, GordoConfig
 from latigo.errors import PermanentError, TransientError
@@ -42,6 +44,8 @@ class FakeAzureAd:
         self.posts: list[dict[str, str]] = []
         self.expires_in = 3600
         self.refuse: str | None = None
+        # answer 200 OK, then a header byte every 0.2 s, until the client gives up
+        self.drip_headers = False
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -61,7 +65,17 @@ class FakeAzureAd:
             def do_POST(self) -> None:
                 form = dict(pair.split("=", 1) for pair in self.rfile.read(int(self.headers["Content-Length"])).decode().split("&"))
                 fake.posts.append(form)
-                if fake.refuse:
+                if fake.drip_headers:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                    try:
+                        for byte in b"Content-Type: application/json\r\n" * 100:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            threading.Event().wait(0.2)
+                    except OSError:  # the client gave up
+                        pass
+                    self.close_connection = True
+                elif fake.refuse:
                     self._json({"error": fake.refuse, "error_description": "AADSTS7000215: Invalid client secret provided."})
                 else:
                     self._json({"access_token": f"token-{len(fake.posts)}", "token_type": "Bearer",
@@ -187,3 +201,21 @@ def test_no_secret_or_token_in_any_log_line(azure_ad, trusting, gordo_server, tm
                            capture_output=True, text=True, timeout=60, env=dict(os.environ))
     assert shown.returncode == 0, shown.stderr
     assert "client_secret: '**********'" in shown.stdout and SECRET not in shown.stdout + shown.stderr
+
+
+def test_a_token_endpoint_that_drips_its_headers_ends_within_the_gordo_calls_limit(azure_ad, ca, tmp_path, gordo_server):
+    """The token is fetched inside the Gordo call, through a watched session: its deadline
+    (connect + read timeout, 2 s here) covers the token endpoint too."""
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    watched = calls.session()
+    watched.verify, watched.trust_env = str(bundle), False
+    azure_ad.drip_headers = True
+    gordo = GordoModels(
+        GordoConfig(base_url=gordo_server.base_url, auth=settings(azure_ad), connect_timeout=1, read_timeout=1),
+        auth_http_client=watched,
+    )
+    started = monotonic()
+    with pytest.raises(TransientError):
+        gordo.latest_revision("demo")
+    assert monotonic() - started < 3.5 and azure_ad.posts

@@ -87,11 +87,6 @@ def clock() -> Clock:
     return Clock(NOW)
 
 
-@pytest.fixture
-def sqlite_url(tmp_path) -> str:
-    return f"sqlite:///{tmp_path}/latigo.db"
-
-
 @contextmanager
 def pipeline(
     database_url: str, gordo_url: str, clock: Clock, rewrite: Rewrite | None = None, **executor: object

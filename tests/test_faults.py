@@ -20,12 +20,13 @@ import pandas as pd
 import pytest
 from sqlalchemy import func, select
 
+from latigo import calls
 from latigo.components import Components, build
 from latigo.config import Config
 from latigo.demo.feeder import feed
 from latigo.demo.models import tags_of
 from latigo.executor import Executor
-from latigo.ledger import State
+from latigo.ledger import PlannedWindow, State
 from latigo.scheduler import Scheduler
 from latigo.schema import dead_letters, ledger, predictions
 from latigo.status import prediction_duplicates
@@ -322,3 +323,78 @@ def test_a_gordo_that_drips_its_answer_never_blocks_an_executor(postgres_url, go
     assert "drip" in proxy.kinds()
     assert not blocked, "a Gordo dripping its answer held the executor for more than 10 s"
     assert outcome == [State.FAILED]
+
+
+@pytest.mark.parametrize(
+    "kind, route, signature",
+    [
+        ("drip_headers", r"/anomaly/prediction", "Gordo gave no complete answer in time"),
+        ("drip_headers", r"/metadata", "Gordo gave no complete answer in time"),
+        ("cut_headers", r"/anomaly/prediction", "Gordo's answer broke off in its headers"),
+        ("cut_headers", r"/metadata", "Gordo's answer broke off in its headers"),
+    ],
+)
+def test_a_gordo_that_drips_or_cuts_its_headers_is_transient_within_the_call_limit(
+    sqlite_url, gordo_server, kind, route, signature
+):
+    """``200 OK``, then a header byte every 0.3 s (each read well within the read timeout),
+    or half a header and a closed connection: the call ends within connect + read timeout
+    (4 s here), is transient, and the window is retried, never dead-lettered as permanent."""
+    with pipeline(sqlite_url, gordo_server.base_url, always(kind, only=route), backfill="0s") as (proxy, parts, clock):
+        started = monotonic()
+        blocked, outcome = handle_one_through(proxy, parts, join_s=10)
+        took = monotonic() - started
+        [failed] = windows(parts).query("state == 'failed'").itertuples()
+    assert kind in proxy.kinds() and not blocked and outcome == [State.FAILED]
+    assert signature in failed.last_error and failed.attempts == 1
+    assert took < 8  # 4 s of call limit, plus the tick and the ledger
+
+
+def test_a_call_never_outlives_its_task(sqlite_url, gordo_server):
+    """A task deadline shorter than one call's limit (a task that spent its time elsewhere):
+    the Gordo call is cut when the task's time is up, not when its own limit is."""
+    with pipeline(sqlite_url, gordo_server.base_url, always("drip_headers", only=r"/anomaly/prediction"),
+                  backfill="0s") as (proxy, parts, clock):
+        Scheduler(parts.config, parts.model_info, parts.ledger, parts.queue, parts.clock).tick()
+        [message] = parts.queue.receive(1, timedelta(0))
+        task = Task.from_json(message.body)
+        started = monotonic()
+        with calls.task_deadline(1.5), pytest.raises(calls.CallTimedOut):
+            Executor(parts)._process(task)
+        assert monotonic() - started < 3.5  # 1.5 s of task left, not the call's 4 s
+        with calls.task_deadline(0), pytest.raises(calls.CallTimedOut, match="task's deadline has passed"):
+            parts.model_info.models("demo")
+
+
+def test_a_replan_while_revisions_fail_is_a_counted_attempt_with_backoff_and_its_error(sqlite_url, gordo_server):
+    """A task at a revision Gordo no longer has (410) while /revisions answers 503: each try
+    is a failed attempt with its backoff, and the dead letter, if it comes to that, says
+    why; when /revisions answers again, the task is re-planned at the latest revision."""
+    with pipeline(sqlite_url, gordo_server.base_url, always("error_503", only=r"/revisions"), backfill="0s",
+                  max_attempts=2) as (proxy, parts, clock):
+        window_start = NOW.replace(minute=0) - INTERVAL
+        stale = Task(project="demo", model="pump-1", revision="1000", start=window_start, end=window_start + INTERVAL)
+        parts.ledger.plan([PlannedWindow("demo", "pump-1", "1000", stale.window)])
+        parts.queue.publish([stale.to_json()])
+        executor = Executor(parts)
+        [message] = parts.queue.receive(1, timedelta(0))
+        assert executor.handle(message) == State.FAILED
+        [row] = windows(parts).itertuples()
+        assert row.attempts == 1 and "Gordo answered 503" in row.last_error
+        assert parts.queue.receive(1, timedelta(0)) == []  # held back by its backoff
+        clock.advance(timedelta(seconds=1))
+        [message] = parts.queue.receive(1, timedelta(0))
+        assert executor.handle(message) == State.DEAD
+        [letter] = letters(parts).itertuples()
+        assert letter.reason == "exhausted" and "Gordo answered 503" in letter.error
+
+        # the same, with /revisions answering: re-planned, then predicted at the latest
+        proxy.plan = always("pass")
+        again = Task(project="demo", model="pump-1", revision="1000", start=window_start - INTERVAL, end=window_start)
+        parts.ledger.plan([PlannedWindow("demo", "pump-1", "1000", again.window)])
+        parts.queue.publish([again.to_json()])
+        [message] = parts.queue.receive(1, timedelta(0))
+        assert executor.handle(message) == State.QUEUED
+        executor.run(threading.Event(), until_idle=True)
+        states = windows(parts).set_index("start").state
+        assert states[pd.Timestamp(again.start)] == State.DONE

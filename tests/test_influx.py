@@ -550,3 +550,32 @@ class CannedServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
+
+
+@pytest.mark.parametrize("kind", ["drip_headers", "cut_headers"])
+@pytest.mark.parametrize("route", ["/query", "/write"])
+def test_an_influxdb_that_drips_or_cuts_its_headers_is_transient_within_the_call_limit(
+    influx_server: InfluxServer, influx_database: str, kind: str, route: str
+) -> None:
+    """A header byte every 0.3 s (each read within the 1 s read timeout), or half a header
+    and a closed connection, in front of the real InfluxDB: the call ends within connect +
+    read timeout (2 s) as a transient error, reading sensors and storing predictions alike."""
+    from tests.fault_proxy import FaultProxy, always
+
+    with FaultProxy(influx_server.url, always(kind, only=route)) as proxy:
+        sensors = sensors_for(proxy.url, influx_database, connect_timeout=1, read_timeout=1)
+        storage = predictions_for(proxy.url, influx_database, connect_timeout=1, read_timeout=1)
+        calls = {"read": lambda: sensors.data(["T1"], T0, T0 + timedelta(hours=1)),
+                 "store": lambda: storage.store("demo", "m3", "1", SPAN, gordo_answer())}
+        # a read is one /query; a store a DELETE (/query), then /write
+        faulted = {"read", "store"} if route == "/query" else {"store"}
+        for name, call in calls.items():
+            started = time.monotonic()
+            if name in faulted:
+                expected = "no complete answer" if kind == "drip_headers" else "broke off in its headers"
+                with pytest.raises(TransientError, match=expected):
+                    call()
+            else:
+                call()
+            assert time.monotonic() - started < 3.5
+        assert kind in proxy.kinds()

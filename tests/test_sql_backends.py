@@ -876,3 +876,17 @@ def test_unresponsive_postgres_is_a_transient_error_not_a_hang() -> None:
     engine.dispose()
     assert not hung, f"SqlSensors.sensors() still waiting after {UNRESPONSIVE_LIMIT} s: no connect timeout"
     assert isinstance(outcome.get("error"), TransientError), outcome
+
+
+def test_a_task_is_dead_lettered_at_most_once(book: Ledger, engine: Engine) -> None:
+    """Two executors holding one task (a delivery again after its lease while the first still
+    ran) both give up on it: one letter, so a replay publishes it once."""
+    book.plan(planned("a", grid(2)))
+    task = task_over("a", grid(2))
+    book.dead_letter(task.to_json(), "exhausted", "first", 5, task)
+    book.dead_letter(task.to_json(), "exhausted", "second", 5, task)
+    book.dead_letter(b"junk", "malformed", "not a task", 1)
+    book.dead_letter(b"junk", "malformed", "not a task", 1)  # no task id: each is kept
+    with engine.connect() as connection:
+        letters = connection.execute(select(dead_letters.c.task_id, dead_letters.c.error)).all()
+    assert sorted(letters, key=str) == sorted([(str(task.id), "first"), (None, "not a task"), (None, "not a task")], key=str)

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import requests
 
+from latigo import calls
 from latigo.config import InfluxConfig
 from latigo.errors import PermanentError, TransientError
 from latigo.window import utc
@@ -138,7 +139,9 @@ class InfluxHttp:
         self.url = config.url.rstrip("/")
         self.database = config.database
         self._timeout = (config.connect_timeout, config.read_timeout)
-        self._session = requests.Session()
+        # a whole call, answer included, ends within this many seconds (latigo.calls)
+        self._limit = config.connect_timeout + config.read_timeout
+        self._session = calls.session()
         if config.username:
             self._session.auth = (config.username, config.password.get_secret_value())
 
@@ -148,7 +151,11 @@ class InfluxHttp:
         Latigo errors."""
         url = self.url + path
         try:
-            with self._session.request(method, url, timeout=self._timeout, **kwargs) as response:
+            with calls.deadline(self._limit), self._session.request(
+                method, url, timeout=self._timeout, **kwargs
+            ) as response:
+                if response.status_code != WRITE_OK and not calls.framed(response.headers):
+                    raise TransientError(f"InfluxDB {url}: the answer broke off in its headers")
                 if response.status_code >= 500 or response.status_code in RETRYABLE_4XX:
                     raise TransientError(
                         f"InfluxDB {url}: HTTP {response.status_code}: {_error_text(response)}"
@@ -158,6 +165,8 @@ class InfluxHttp:
                         f"InfluxDB {url}: HTTP {response.status_code}: {_error_text(response)}"
                     )
                 yield response
+        except calls.CallTimedOut as error:
+            raise calls.CallTimedOut(f"InfluxDB {url}: {error}") from None
         except requests.exceptions.SSLError as error:
             # certificates and TLS settings do not heal by retrying
             raise PermanentError(f"InfluxDB {url}: {error}") from error

@@ -21,8 +21,8 @@ from urllib.parse import quote
 import pandas as pd
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 
+from latigo import calls
 from latigo.cache import TtlCache
 from latigo.clock import Clock, system_clock
 from latigo.config import GordoConfig
@@ -35,8 +35,6 @@ from latigo.providers.models import wire
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 # longest piece of an error body quoted in an error message
 BODY_QUOTE = 300
-# bytes asked for per read of an answer
-READ_CHUNK = 1 << 16
 # the largest offset or lookback taken from metadata: a model looking back further (a year of
 # 10-minute rows) is a mistake, and the padding would not fit in a datetime
 MAX_LOOKBACK = 100_000
@@ -179,17 +177,6 @@ class Answer:
         return float(match.group(1)) if match else None
 
 
-def _read_within(response: requests.Response, deadline: float, what: str) -> bytes:
-    """The body, as it arrives, but never past ``deadline``: a read timeout bounds each
-    wait for bytes, and a server dripping one byte at a time would never trip it."""
-    chunks = []
-    while chunk := response.raw.read1(READ_CHUNK, decode_content=True):
-        chunks.append(chunk)
-        if monotonic() > deadline:
-            raise TransientError(f"{what}: Gordo's answer did not arrive within the call's time limit")
-    return b"".join(chunks)
-
-
 def _observe_timing(answer: Answer) -> None:
     GORDO_CLIENT_SECONDS.observe(answer.seconds)
     seconds = answer.server_seconds()
@@ -203,14 +190,12 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
         self._timeout = (config.connect_timeout, config.read_timeout)
         # a whole call, answer included, ends within this many seconds
         self._call_limit = config.connect_timeout + config.read_timeout
-        self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.max_concurrency, max_retries=0)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        self._session = calls.session(config.max_concurrency)
         if config.auth is not None:
             from latigo.auth import AzureAdAuth
 
-            self._session.auth = AzureAdAuth(config.auth, self._timeout, auth_http_client)
+            # the token endpoint's calls are made inside a Gordo call, under its deadline
+            self._session.auth = AzureAdAuth(config.auth, self._timeout, auth_http_client or calls.session())
         # a per-server limit: Gordo workers are few and keep only a couple of models loaded
         self._slots = threading.BoundedSemaphore(config.max_concurrency)
         self._metadata: TtlCache[tuple[str, str, str], ModelMetadata] = TtlCache(config.metadata_ttl, clock)
@@ -225,11 +210,15 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
         """One request, answer included, within connect + read timeout; statuses in
         ``passthrough`` are returned for the caller to decide."""
         url = f"{self._base}/gordo/v0/{path}"
-        started = monotonic()
         try:
             with self._slots:
-                with self._session.request(method, url, timeout=self._timeout, stream=True, **kwargs) as response:
-                    body = _read_within(response, started + self._call_limit, what)
+                started = monotonic()
+                with calls.deadline(self._call_limit), self._session.request(
+                    method, url, timeout=self._timeout, stream=True, **kwargs
+                ) as response:
+                    body = response.raw.read(decode_content=True)
+        except calls.CallTimedOut as error:
+            raise calls.CallTimedOut(f"{what}: Gordo gave no complete answer in time ({error})") from None
         except requests.Timeout as error:
             raise TransientError(f"{what}: Gordo timed out ({error.__class__.__name__})") from None
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
@@ -239,6 +228,10 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
         except requests.RequestException as error:
             raise PermanentError(f"{what}: bad request to Gordo: {error}") from None
         answer = Answer(response.status_code, response.headers, body, monotonic() - started)
+        if not calls.framed(response.headers):
+            # Gordo (gunicorn) frames every answer; headers without a length were cut short,
+            # which http.client cannot tell from an answer that had no more headers
+            raise TransientError(f"{what}: Gordo's answer broke off in its headers (no Content-Length)")
         status = answer.status
         if status in passthrough:
             return answer
