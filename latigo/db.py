@@ -21,7 +21,7 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, Dialect, Engine, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
 
-from latigo.errors import TransientError
+from latigo.errors import Unavailable
 
 # the alembic folder, at the top of the repository (and of the Docker image); Latigo runs
 # from a checkout or an editable install, which keeps it beside the package
@@ -189,8 +189,15 @@ def insert_new(connection: Connection, table: Table, rows: Sequence[Mapping[str,
 
 @contextmanager
 def translate_outage(what: str) -> Iterator[None]:
-    """A database that cannot be reached is a transient failure, not a crash."""
+    """A database that cannot be reached is ``what`` being unavailable (latigo.outages
+    probes it), not a crash."""
     try:
         yield
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
-        raise TransientError(f"{what} unavailable: {error.orig!r}"[:500]) from None
+        raise Unavailable(what, f"{what} unavailable: {error.orig!r}"[:500]) from None
+
+
+def probe(engine: Engine) -> None:
+    """Raise unless the database answers now."""
+    with engine.connect() as connection:
+        connection.exec_driver_sql("SELECT 1")

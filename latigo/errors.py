@@ -13,6 +13,16 @@ class TransientError(LatigoError):
     """Worth retrying: timeouts, connection errors, 5xx, storage unavailable."""
 
 
+class Unavailable(TransientError):
+    """A dependency may be down for everyone: it refused the connection, timed out, or
+    answered that it is unavailable. The executor asks the dependency itself (a probe)
+    whether that is so before it counts the failure against the task."""
+
+    def __init__(self, dependency: str, message: str) -> None:
+        super().__init__(message)
+        self.dependency = dependency
+
+
 class PermanentError(LatigoError):
     """Retrying cannot help: other 4xx, unknown model, an answer that is not a prediction."""
 
@@ -24,6 +34,3 @@ class MalformedTask(PermanentError):
 class RevisionGone(PermanentError):
     """Gordo no longer serves the task's revision (HTTP 410): re-plan at the latest one."""
 
-
-class NoData(LatigoError):
-    """The sensor store has no data for the window: a state, not a failure."""

@@ -18,11 +18,12 @@ from time import monotonic
 
 import pandas as pd
 
-from latigo import calls, frames, logs, runs
+from latigo import calls, db, frames, logs, runs
 from latigo.components import Components
 from latigo.errors import MalformedTask, PermanentError, RevisionGone, TransientError
 from latigo.ledger import Outcome, State
 from latigo.metrics import HEALTH, STAGE_SECONDS, TASK_FAILURES, TASKS_HANDLED
+from latigo.outages import DATABASE, GORDO, PREDICTION_STORE, SENSOR_STORE, Outages
 from latigo.providers.models import ModelMetadata
 from latigo.queues import Message
 from latigo.retry import backoff
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 
 # how long one receive call waits for work before the loop checks for shutdown again
 RECEIVE_WAIT = timedelta(seconds=1)
+# when a task put back during an outage becomes available again (the executors are paused
+# meanwhile; a short delay keeps the put-back tasks from circling)
+RELEASE_IN_OUTAGE = timedelta(seconds=1)
+# the first and the longest wait after a failed receive (the queue or its database is down)
+RECEIVE_RETRY_FIRST_S, RECEIVE_RETRY_MAX_S = 1.0, 30.0
 
 
 class DeadlineExceeded(TransientError):
@@ -40,13 +46,21 @@ class DeadlineExceeded(TransientError):
 
 
 class Executor:
-    def __init__(self, parts: Components) -> None:
+    def __init__(self, parts: Components, outages: Outages | None = None) -> None:
         self._parts = parts
         self._settings = parts.config.executor
         self._margin = parts.config.models.data_margin
         self._grace = parts.config.executor.shutdown_grace
         schedule = parts.config.schedule
         self._grid = Grid(schedule.interval, schedule.anchor)
+        self._outages = outages or Outages(
+            {
+                DATABASE: lambda: db.probe(parts.engine),
+                SENSOR_STORE: parts.sensors.probe,
+                PREDICTION_STORE: parts.predictions.probe,
+                GORDO: parts.model_execution.probe,
+            }
+        )
         self._rules = TaskRules(
             self._grid, schedule.max_task_span, frozenset(parts.config.models.projects),
             int(parts.config.executor.max_message_size),
@@ -189,6 +203,12 @@ class Executor:
     def _retry_or_give_up(self, message: Message, task: Task, error: Exception) -> State:
         parts = self._parts
         reason = f"{error.__class__.__name__}: {error}"
+        dependency = self._outages.confirm(error)
+        if dependency is not None:
+            # the dependency is down for everyone: not this task's attempt; back to the queue
+            log.warning("task %s %s %s put back, %s is down: %s", task.id, task.key, task.window, dependency, reason)
+            parts.queue.release(message, RELEASE_IN_OUTAGE)
+            return State.QUEUED
         TASK_FAILURES.labels(error.__class__.__name__).inc()
         # the ledger counts failed attempts, whatever the queue; for a task whose windows
         # were never planned (published by hand) the queue's delivery count stands in. An
@@ -241,9 +261,16 @@ class Executor:
         in_flight: set[Future[State]] = set()
         log.info("executor ready: up to %d tasks at once", concurrency)
         pool = ThreadPoolExecutor(concurrency, thread_name_prefix="task")
+        receive_retry = RECEIVE_RETRY_FIRST_S
         try:
             while not stop.is_set() and (max_tasks is None or self.handled < max_tasks):
                 HEALTH.beat()
+                in_flight = self._collect({future for future in in_flight if future.done()}, in_flight)
+                if self._outages.paused:
+                    # a dependency is down for everyone: take nothing until its probe answers
+                    HEALTH.ready = False
+                    self._outages.recover(stop)
+                    continue
                 free = concurrency - len(in_flight)
                 if max_tasks is not None:
                     free = min(free, max_tasks - self.handled - len(in_flight))
@@ -255,11 +282,15 @@ class Executor:
                 try:
                     messages = self._parts.queue.receive(free, RECEIVE_WAIT)
                     HEALTH.ready = True
-                except Exception:
+                    receive_retry = RECEIVE_RETRY_FIRST_S
+                except Exception as error:  # the queue (or its database) is down: one line a try, backing off
                     HEALTH.ready = False
-                    log.exception("receiving from the queue failed; trying again")
-                    stop.wait(RECEIVE_WAIT.total_seconds())
-                    in_flight = self._collect({future for future in in_flight if future.done()}, in_flight)
+                    log.warning(
+                        "receiving from the queue failed, trying again in %.0fs: %s: %s",
+                        receive_retry, error.__class__.__name__, str(error).splitlines()[0][:300] if str(error) else "",
+                    )
+                    stop.wait(receive_retry)
+                    receive_retry = min(RECEIVE_RETRY_MAX_S, receive_retry * 2)
                     continue
                 in_flight |= {pool.submit(self.handle, message) for message in messages}
                 in_flight = self._collect({future for future in in_flight if future.done()}, in_flight)
@@ -277,5 +308,9 @@ class Executor:
             self.handled += 1
             error = future.exception()
             if error is not None:  # the ledger or queue failed mid-handling: the lease will redeliver
-                log.error("handling a task failed, it will be delivered again: %r", error)
+                dependency = self._outages.confirm(error)
+                log.error(
+                    "handling a task failed, it will be delivered again%s: %s: %s",
+                    f" ({dependency} is down)" if dependency else "", error.__class__.__name__, str(error)[:300],
+                )
         return in_flight - done

@@ -35,6 +35,10 @@ GORDO_SERVER_SECONDS = Histogram(
     "latigo_gordo_server_seconds", "Gordo prediction calls as Gordo reports them (Server-Timing)",
     buckets=DURATION_BUCKETS,
 )
+DEPENDENCY_UP = Gauge(
+    "latigo_dependency_up", "1 while the dependency answers this process's probes, 0 while it is down", ["dependency"]
+)
+PAUSED = Gauge("latigo_paused", "Dependencies down for this executor: while above 0 it takes no new tasks")
 QUEUE_DEPTH = Gauge("latigo_queue_depth", "Tasks waiting or in flight, as the scheduler last saw it")
 DEAD_LETTERS = Gauge("latigo_dead_letters", "Dead letters waiting for an operator")
 MODEL_LAG = Gauge(

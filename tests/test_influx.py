@@ -476,7 +476,7 @@ def test_a_rejected_write_is_permanent(influx_server: InfluxServer, influx_datab
 
 
 def test_a_bad_query_is_permanent(influx_server: InfluxServer, influx_database: str) -> None:
-    http = InfluxHttp(InfluxSensorsConfig(type="influx", url=influx_server.url, database=influx_database))
+    http = InfluxHttp(InfluxSensorsConfig(type="influx", url=influx_server.url, database=influx_database), "sensor store")
     with pytest.raises(PermanentError, match="HTTP 400: error parsing query"):
         http.query("SELEC nothing")
 

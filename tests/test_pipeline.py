@@ -19,7 +19,7 @@ from latigo.demo.feeder import feed
 from latigo.demo.models import tags_of
 from latigo.demo.signals import anomalies
 from latigo.executor import Executor
-from latigo.ledger import State
+from latigo.ledger import PlannedWindow, State
 from latigo.scheduler import Scheduler
 from latigo.schema import dead_letters, ledger, predictions
 from latigo.status import prediction_duplicates
@@ -169,27 +169,29 @@ def test_a_gone_revision_is_replanned_at_the_latest(parts, gordo_server):
     assert revisions == {latest}
 
 
-def test_an_unreachable_gordo_is_retried_then_dead_lettered(database_url, clock):
+def test_an_unreachable_gordo_pauses_the_executor_and_costs_the_task_no_attempt(database_url, clock):
+    """Gordo refuses every connection and its /healthcheck too: an outage, not the task's
+    failure. The task goes back to the queue unattempted, however often it is tried, and
+    nothing is dead-lettered; the executor takes no work while Gordo is down."""
     unreachable = "http://127.0.0.1:9"  # discard port: nothing listens
     parts = build(make_config(database_url, unreachable, max_attempts=2), clock=clock)
     try:
         task = Task(project="demo", model="pump-1", revision="1", start=HOUR - timedelta(hours=1),
                     end=HOUR - timedelta(minutes=30))
+        parts.ledger.plan([PlannedWindow("demo", "pump-1", "1", task.window)])
         parts.queue.publish([task.to_json()])
         executor = Executor(parts)
-        [message] = parts.queue.receive(1, timedelta(0))
-        assert executor.handle(message) == State.FAILED  # first attempt: released with a backoff
-        assert parts.queue.receive(1, timedelta(0)) == []  # not before the backoff has passed
-        clock.advance(timedelta(seconds=2))  # retry_base 1s: the first backoff is at most 1s
-        [message] = parts.queue.receive(1, timedelta(0))
-        assert message.deliveries == 2
-        assert executor.handle(message) == State.DEAD
+        for delivery in range(1, 5):  # more deliveries than max_attempts
+            [message] = parts.queue.receive(1, timedelta(0))
+            assert message.deliveries == delivery
+            assert executor.handle(message) == State.QUEUED
+            clock.advance(timedelta(seconds=2))  # past the put-back delay
+        assert set(executor._outages.paused) == {"gordo"}
         with parts.engine.connect() as connection:
-            [(reason, error, attempts)] = connection.execute(
-                select(dead_letters.c.reason, dead_letters.c.error, dead_letters.c.attempts)
-            ).all()
-        assert reason == "exhausted" and attempts == 2 and "cannot reach Gordo" in error
-        assert parts.queue.depth() == 0
+            assert connection.execute(select(dead_letters)).all() == []
+            [(state, attempts)] = connection.execute(select(ledger.c.state, ledger.c.attempts)).all()
+        assert (state, attempts) == (State.PLANNED, 0)
+        assert parts.queue.depth() == 1
     finally:
         parts.close()
 

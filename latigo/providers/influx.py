@@ -5,7 +5,8 @@ Both Influx backends talk to InfluxDB's 1.x HTTP API (``/query``, ``/write``) th
 wrong timestamps with pandas 3 (it takes a non-nanosecond index for nanoseconds), its
 InfluxDBClient retries on its own and raises its own exceptions, and neither takes a
 separate connect and read timeout. Here every call has both timeouts, and every failure
-leaves as TransientError (connection refused, timeouts, 5xx) or PermanentError (other
+leaves as Unavailable (connection refused, timeouts, 5xx: transient, and latigo.outages
+probes the server) or PermanentError (other
 4xx, errors in the query, an answer that is not InfluxDB's), so the executor's retry
 policy decides.
 
@@ -31,7 +32,7 @@ import requests
 
 from latigo import calls
 from latigo.config import InfluxConfig
-from latigo.errors import PermanentError, TransientError
+from latigo.errors import PermanentError, Unavailable
 from latigo.window import utc
 
 # rows per chunk InfluxDB streams back, so a server's max-row-limit cannot truncate an answer
@@ -135,8 +136,10 @@ class InfluxHttp:
     to TransientError / PermanentError, and the database created when a write finds it
     missing (so only that first write needs the right to create databases)."""
 
-    def __init__(self, config: InfluxConfig) -> None:
+    def __init__(self, config: InfluxConfig, dependency: str) -> None:
         self.url = config.url.rstrip("/")
+        # what this server is to Latigo (the sensor or the prediction store), for latigo.outages
+        self.dependency = dependency
         self.database = config.database
         self._timeout = (config.connect_timeout, config.read_timeout)
         # a whole call, answer included, ends within this many seconds (latigo.calls)
@@ -155,10 +158,10 @@ class InfluxHttp:
                 method, url, timeout=self._timeout, **kwargs
             ) as response:
                 if response.status_code != WRITE_OK and not calls.framed(response.headers):
-                    raise TransientError(f"InfluxDB {url}: the answer broke off in its headers")
+                    raise Unavailable(self.dependency, f"InfluxDB {url}: the answer broke off in its headers")
                 if response.status_code >= 500 or response.status_code in RETRYABLE_4XX:
-                    raise TransientError(
-                        f"InfluxDB {url}: HTTP {response.status_code}: {_error_text(response)}"
+                    raise Unavailable(
+                        self.dependency, f"InfluxDB {url}: HTTP {response.status_code}: {_error_text(response)}"
                     )
                 if response.status_code >= 400:
                     raise PermanentError(
@@ -166,7 +169,9 @@ class InfluxHttp:
                     )
                 yield response
         except calls.CallTimedOut as error:
-            raise calls.CallTimedOut(f"InfluxDB {url}: {error}") from None
+            if error.task_expired:
+                raise
+            raise Unavailable(self.dependency, f"InfluxDB {url}: {error}") from None
         except requests.exceptions.SSLError as error:
             # certificates and TLS settings do not heal by retrying
             raise PermanentError(f"InfluxDB {url}: {error}") from error
@@ -175,9 +180,15 @@ class InfluxHttp:
             requests.exceptions.Timeout,
             requests.exceptions.ChunkedEncodingError,
         ) as error:
-            raise TransientError(f"InfluxDB {url}: {error}") from error
+            raise Unavailable(self.dependency, f"InfluxDB {url}: {error}") from error
         except requests.exceptions.RequestException as error:
             raise PermanentError(f"InfluxDB {url}: {error}") from error
+
+    def ping(self) -> None:
+        """Raise unless InfluxDB answers its /ping (204) now."""
+        with self._exchange("GET", "/ping") as response:
+            if response.status_code != WRITE_OK:
+                raise Unavailable(self.dependency, f"InfluxDB {self.url}: /ping answered {response.status_code}")
 
     def query(self, statement: str) -> list[dict[str, Any]]:
         """Run one read statement; return its series (``name``, ``tags``, ``columns``,

@@ -68,5 +68,8 @@ class ModelExecutionProvider(ABC):
         index says as much. An answer that does not fit the model (groups, tags, times) is a
         PermanentError: nothing of it may be stored."""
 
+    def probe(self) -> None:
+        """Raise unless the model server answers now (as a whole, not one model)."""
+
     def close(self) -> None:
         """Release connections."""

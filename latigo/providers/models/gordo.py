@@ -26,13 +26,16 @@ from latigo import calls
 from latigo.cache import TtlCache
 from latigo.clock import Clock, system_clock
 from latigo.config import GordoConfig
-from latigo.errors import PermanentError, RevisionGone, TransientError
+from latigo.errors import PermanentError, RevisionGone, TransientError, Unavailable
 from latigo.metrics import GORDO_CLIENT_SECONDS, GORDO_SERVER_SECONDS
+from latigo.outages import GORDO
 from latigo.providers.models import ModelExecutionProvider, ModelInformationProvider, ModelMetadata
 from latigo.providers.models import wire
 
 # HTTP statuses worth retrying
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+# of those, the ones that may mean Gordo as a whole is down or overloaded (latigo.outages probes it)
+UNAVAILABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
 # longest piece of an error body quoted in an error message
 BODY_QUOTE = 300
 # the largest offset or lookback taken from metadata: a model looking back further (a year of
@@ -218,26 +221,32 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
                 ) as response:
                     body = response.raw.read(decode_content=True)
         except calls.CallTimedOut as error:
-            raise calls.CallTimedOut(f"{what}: Gordo gave no complete answer in time ({error})") from None
+            if error.task_expired:
+                raise calls.CallTimedOut(f"{what}: {error}", task_expired=True) from None
+            raise Unavailable(GORDO, f"{what}: Gordo gave no complete answer in time ({error})") from None
         except requests.Timeout as error:
-            raise TransientError(f"{what}: Gordo timed out ({error.__class__.__name__})") from None
+            raise Unavailable(GORDO, f"{what}: Gordo timed out ({error.__class__.__name__})") from None
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
-            raise TransientError(f"{what}: cannot reach Gordo at {self._base}: {error.__class__.__name__}") from None
+            raise Unavailable(
+                GORDO, f"{what}: cannot reach Gordo at {self._base}: {error.__class__.__name__}"
+            ) from None
         except urllib3.exceptions.HTTPError as error:  # while reading the body: cut short, timed out
-            raise TransientError(f"{what}: Gordo's answer broke off: {error.__class__.__name__}") from None
+            raise Unavailable(GORDO, f"{what}: Gordo's answer broke off: {error.__class__.__name__}") from None
         except requests.RequestException as error:
             raise PermanentError(f"{what}: bad request to Gordo: {error}") from None
         answer = Answer(response.status_code, response.headers, body, monotonic() - started)
         if not calls.framed(response.headers):
             # Gordo (gunicorn) frames every answer; headers without a length were cut short,
             # which http.client cannot tell from an answer that had no more headers
-            raise TransientError(f"{what}: Gordo's answer broke off in its headers (no Content-Length)")
+            raise Unavailable(GORDO, f"{what}: Gordo's answer broke off in its headers (no Content-Length)")
         status = answer.status
         if status in passthrough:
             return answer
         if status == 410:
             raise RevisionGone(f"{what}: revision gone (410): {answer.quote()}")
-        if status in TRANSIENT_STATUSES:
+        if status in UNAVAILABLE_STATUSES:
+            raise Unavailable(GORDO, f"{what}: Gordo answered {status}: {answer.quote()}")
+        if status in TRANSIENT_STATUSES:  # one model's error (a 500 for its input), worth a retry
             raise TransientError(f"{what}: Gordo answered {status}: {answer.quote()}")
         if status >= 400:
             raise PermanentError(f"{what}: Gordo answered {status}: {answer.quote()}")
@@ -325,6 +334,18 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
         except PermanentError as error:
             raise PermanentError(f"{what}: {error}") from None
         return frame
+
+    def probe(self) -> None:
+        """Gordo's /healthcheck answers 200: the server as a whole is up."""
+        try:
+            with calls.deadline(self._call_limit), self._session.get(
+                f"{self._base}/healthcheck", timeout=self._timeout
+            ) as response:
+                status = response.status_code
+        except (requests.RequestException, calls.CallTimedOut) as error:
+            raise Unavailable(GORDO, f"Gordo at {self._base}: {error.__class__.__name__}") from None
+        if status != 200:
+            raise Unavailable(GORDO, f"Gordo at {self._base}: /healthcheck answered {status}")
 
     def close(self) -> None:
         self._session.close()

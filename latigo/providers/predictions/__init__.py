@@ -25,5 +25,8 @@ class PredictionStorageProvider(ABC):
         two-level columns, UTC index, every row inside ``span``; empty to remove them all);
         return the number of values written."""
 
+    def probe(self) -> None:
+        """Raise unless the store answers now: asked while it seems down for everyone."""
+
     def close(self) -> None:
         """Release connections."""

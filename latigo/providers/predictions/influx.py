@@ -45,6 +45,7 @@ from latigo.providers.influx import (
     rfc3339,
     time_suffixes,
 )
+from latigo.outages import PREDICTION_STORE
 from latigo.providers.predictions import PredictionStorageProvider
 from latigo.window import Window
 
@@ -79,7 +80,7 @@ class InfluxPredictions(PredictionStorageProvider):
             raise ValueError(f"extra_tags must not set {', '.join(sorted(clashing))}: Latigo sets them")
         self._config = config
         self._project_tag = project_tag
-        self._http = InfluxHttp(config)
+        self._http = InfluxHttp(config, PREDICTION_STORE)
 
     def store(self, project: str, model: str, revision: str, span: Window, predictions: pd.DataFrame) -> int:
         """Replace the model's points in ``span`` by every finite value of ``predictions``;
@@ -115,6 +116,9 @@ class InfluxPredictions(PredictionStorageProvider):
             + [f"time >= '{rfc3339(span.start)}'", f"time < '{rfc3339(span.end)}'"]
         )
         return f"DELETE FROM {measurements_regex(set(OUTPUT_MEASUREMENTS) | outputs)} WHERE {where}"
+
+    def probe(self) -> None:
+        self._http.ping()
 
     def close(self) -> None:
         self._http.close()

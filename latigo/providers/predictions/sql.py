@@ -43,3 +43,6 @@ class SqlPredictions(PredictionStorageProvider):
         with db.translate_outage("prediction store"), self._engine.begin() as connection:
             connection.execute(stale)
             return self._upsert.execute(connection, rows)
+
+    def probe(self) -> None:
+        db.probe(self._engine)

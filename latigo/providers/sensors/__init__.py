@@ -39,5 +39,8 @@ class SensorDataProvider(ABC):
         """Store values laid out as ``data`` returns them; idempotent. Production stores are
         fed by others: this is for the demo feeder and the tests."""
 
+    def probe(self) -> None:
+        """Raise unless the store answers now: asked while it seems down for everyone."""
+
     def close(self) -> None:
         """Release connections."""

@@ -19,6 +19,7 @@ from latigo.config import InfluxSensorsConfig
 from latigo.errors import PermanentError
 from latigo import frames
 from latigo.frames import epoch_ns
+from latigo.outages import SENSOR_STORE
 from latigo.providers.influx import (
     InfluxHttp,
     escape_key,
@@ -45,7 +46,7 @@ class InfluxSensors(SensorInformationProvider, SensorDataProvider):
 
     def __init__(self, config: InfluxSensorsConfig) -> None:
         self._config = config
-        self._http = InfluxHttp(config)
+        self._http = InfluxHttp(config, SENSOR_STORE)
         self._measurement = quote_ident(config.measurement)
         self._tag_key = quote_ident(config.tag_key)
         self._field = quote_ident(config.field)
@@ -116,6 +117,9 @@ class InfluxSensors(SensorInformationProvider, SensorDataProvider):
             for line in float_lines(prefix, field, values[:, position], suffixes)
         )
         return self._http.write(lines, WRITE_BATCH)
+
+    def probe(self) -> None:
+        self._http.ping()
 
     def close(self) -> None:
         self._http.close()

@@ -70,6 +70,9 @@ class SqlSensors(SensorInformationProvider, SensorDataProvider):
             return type_coerce(sensor_data.c.time, String()).label("time")
         return type_coerce(func.timezone("UTC", sensor_data.c.time), DateTime()).label("time")
 
+    def probe(self) -> None:
+        db.probe(self._engine)
+
     def write(self, frame: pd.DataFrame) -> int:
         long = frame.rename_axis("time").reset_index().melt(id_vars="time", var_name="tag", value_name="value")
         long = long.dropna(subset=["value"])
