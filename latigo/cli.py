@@ -40,9 +40,32 @@ def _config(ctx: click.Context) -> Config:
 
 
 def _components(ctx: click.Context):
+    """An operator command's parts; a database that does not answer ends it with one line
+    and exit 1 (the service's processes wait for it instead: see _service_components)."""
+    import sqlalchemy.exc
+
     from latigo.components import build
 
-    return build(_config(ctx))
+    config = _config(ctx)
+    try:
+        return build(config)
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()
+        click.echo(f"latigo: the Latigo database is unavailable: {reason[0][:300] if reason else error}", err=True)
+        ctx.exit(1)
+
+
+def _service_components(ctx: click.Context, *, serve_metrics: bool = True):
+    """A long-running process's parts, once the database answers: it waits through an outage
+    (a line per try, /readyz false meanwhile). None when stopped while waiting."""
+    from latigo import metrics
+    from latigo.service import components_when_ready, stop_on_signals
+
+    config = _config(ctx)
+    if serve_metrics:
+        metrics.serve(config.metrics.host, config.metrics.port)
+    with stop_on_signals() as stop:
+        return components_when_ready(config, stop)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,7 +92,11 @@ def run(ctx: click.Context, executors: int | None) -> None:
     from latigo.service import run_service
 
     config = _config(ctx)
-    _components(ctx).close()  # migrate once, before the children start
+    # migrate once, before the children start (they serve the metrics ports, not this process)
+    parts = _service_components(ctx, serve_metrics=False)
+    if parts is None:
+        return
+    parts.close()
     sys.exit(run_service(executors or config.run.executors, config.metrics.port))
 
 
@@ -80,11 +107,14 @@ def scheduler(ctx: click.Context, once: bool) -> None:
     """Plan due windows and publish them as tasks, every tick."""
     from latigo.service import run_scheduler
 
-    parts = _components(ctx)
+    parts = _components(ctx) if once else _service_components(ctx)
+    if parts is None:
+        return
     try:
-        run_scheduler(parts, once=once)
+        code = run_scheduler(parts, once=once)
     finally:
         parts.close()
+    sys.exit(code)
 
 
 @main.command()
@@ -95,7 +125,9 @@ def executor(ctx: click.Context, max_tasks: int | None, until_idle: bool) -> Non
     """Consume tasks: fetch sensor data, predict with Gordo, store, acknowledge."""
     from latigo.service import run_executor
 
-    parts = _components(ctx)
+    parts = _service_components(ctx)
+    if parts is None:
+        return
     try:
         handled = run_executor(parts, max_tasks=max_tasks, until_idle=until_idle)
     finally:
@@ -395,7 +427,9 @@ def web(ctx: click.Context, host: str, port: int) -> None:
     from latigo import web as status_page
     from latigo.service import stop_on_signals
 
-    parts = _components(ctx)
+    parts = _service_components(ctx, serve_metrics=False)
+    if parts is None:
+        return
     try:
         app = status_page.StatusApp(parts.engine, parts.config, parts.clock)
         try:

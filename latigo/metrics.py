@@ -90,16 +90,24 @@ def _application(health: Health) -> Callable:
     return answer
 
 
+# the endpoints this process serves already, by (host, port): a process serves them once,
+# from before it reaches its database (readiness false) to its end
+_SERVING: dict[tuple[str, int], WSGIServer] = {}
+
+
 def serve(host: str, port: int | None, health: Health = HEALTH) -> WSGIServer | None:
     """Serve metrics and probes on host:port in a daemon thread (port 0 or None: not at all).
     A port that is taken costs the metrics, never the process."""
     if not port:
         return None
+    if (host, port) in _SERVING:
+        return _SERVING[(host, port)]
     try:
         server = make_server(host, port, _application(health), handler_class=_Quiet)
     except OSError as error:
         log.warning("metrics and health endpoint not served: %s:%d: %s", host, port, error.strerror)
         return None
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    _SERVING[(host, port)] = server
     log.info("metrics on http://%s:%d/metrics, probes on /healthz and /readyz", host, port)
     return server

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from latigo.cache import TtlCache
 from latigo.clock import Clock, system_clock
 from latigo.config import Config
@@ -266,7 +268,11 @@ class Scheduler:
                     HEALTH.ready = True
                     if after_tick is not None:
                         after_tick(report)
-                except Exception:  # a database or queue outage must not end the scheduler
+                except (LatigoError, SQLAlchemyError) as error:  # an outage must not end the scheduler
+                    HEALTH.ready = False
+                    log.warning("tick failed, trying again next tick: %s: %s", error.__class__.__name__,
+                                (str(error).splitlines() or [""])[0][:300])
+                except Exception:  # a bug: its traceback, and the scheduler goes on
                     HEALTH.ready = False
                     log.exception("tick failed; trying again next tick")
                 now = self._clock()

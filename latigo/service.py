@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from time import monotonic
 from typing import Iterator
 
+import sqlalchemy.exc
+
 from latigo import metrics, status
-from latigo.components import Components
+from latigo.components import Components, build
+from latigo.config import Config
 from latigo.executor import Executor
 from latigo.leader import leadership_for
 from latigo.scheduler import Scheduler, TickReport
@@ -33,8 +36,14 @@ SIGNAL_CHECK_S = 0.25
 METRICS_PORT_VARIABLE = "LATIGO_METRICS__PORT"
 # seconds a child gets to exit after SIGTERM before it is killed
 CHILD_GRACE_S = 45.0
-# a child that dies sooner than this after starting is not restarted in a tight loop
+# a child that ran this long before it died is restarted at once; sooner, with backoff
 MIN_CHILD_LIFETIME_S = 5.0
+# the first and the longest wait before a child that died young is started again
+RESTART_FIRST_S, RESTART_MAX_S = 1.0, 60.0
+# children that die young this many times in a row make `latigo run` give up (exit 1)
+MAX_QUICK_DEATHS = 10
+# the first and the longest wait between two tries of a database that does not answer
+DATABASE_RETRY_FIRST_S, DATABASE_RETRY_MAX_S = 1.0, 30.0
 
 
 class StopEvent(threading.Event):
@@ -72,15 +81,40 @@ def stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def run_scheduler(parts: Components, *, once: bool = False) -> None:
+def components_when_ready(config: Config, stop: threading.Event) -> Components | None:
+    """The process's parts once the Latigo database answers (and is migrated); until then a
+    line per try, with capped exponential backoff, and /readyz false. None if ``stop`` is
+    set first. A process started during a database outage waits for it to end."""
+    wait = DATABASE_RETRY_FIRST_S
+    while not stop.is_set():
+        try:
+            return build(config)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
+            metrics.HEALTH.ready = False
+            metrics.HEALTH.beat()
+            first_line = str(error.orig if getattr(error, "orig", None) else error).strip().splitlines()
+            log.warning(
+                "the Latigo database is unavailable, trying again in %.0fs: %s",
+                wait, first_line[0][:300] if first_line else error.__class__.__name__,
+            )
+            stop.wait(wait)
+            wait = min(DATABASE_RETRY_MAX_S, wait * 2)
+    return None
+
+
+def run_scheduler(parts: Components, *, once: bool = False) -> int:
+    """Schedule until stopped; with ``once``, one tick, and 1 if a project could not be
+    discovered (0 otherwise)."""
     leadership = leadership_for(parts.engine, parts.config.schedule.leader_ttl, parts.clock)
     scheduler = Scheduler(parts.config, parts.model_info, parts.ledger, parts.queue, parts.clock, leadership)
     if once:
         try:
-            scheduler.tick()
+            report = scheduler.tick()
         finally:
             leadership.release()
-        return
+        for project, error in report.failed_projects.items():
+            log.error("project %s failed: %s", project, error)
+        return 1 if report.failed_projects else 0
     metrics.serve(parts.config.metrics.host, parts.config.metrics.port)
 
     def observe(report: TickReport) -> None:
@@ -93,6 +127,7 @@ def run_scheduler(parts: Components, *, once: bool = False) -> None:
 
     with stop_on_signals() as stop:
         scheduler.run(stop, after_tick=observe)
+    return 0
 
 
 def run_executor(parts: Components, *, max_tasks: int | None = None, until_idle: bool = False) -> int:
@@ -118,38 +153,63 @@ class Child:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     started: float = field(default=0.0)
+    # deaths in a row, each sooner than MIN_CHILD_LIFETIME_S after its start
+    quick_deaths: int = 0
+    # when a child that died young is started again (monotonic)
+    restart_at: float | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.command, env={**os.environ, **self.env})
         self.started = monotonic()
+        self.restart_at = None
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
+    def died(self, code: int) -> None:
+        """Plan the restart: at once after a long life, with backoff after a short one (the
+        database may be down, a port taken), as supervisord does."""
+        self.process = None
+        self.quick_deaths = self.quick_deaths + 1 if monotonic() - self.started < MIN_CHILD_LIFETIME_S else 0
+        delay = 0.0 if not self.quick_deaths else min(RESTART_MAX_S, RESTART_FIRST_S * 2 ** (self.quick_deaths - 1))
+        self.restart_at = monotonic() + delay
+        log.error("%s exited with %d; starting it again in %.0fs", self.name, code, delay)
 
-def run_service(executors: int, metrics_port: int | None = None) -> int:
-    """The scheduler and ``executors`` executors as children; restart any that dies. Each
-    child serves its metrics on its own port, numbered up from ``metrics_port``."""
-    base = [sys.executable, "-m", "latigo"]
+
+def run_service(
+    executors: int,
+    metrics_port: int | None = None,
+    *,
+    base: list[str] | None = None,
+    max_quick_deaths: int = MAX_QUICK_DEATHS,
+) -> int:
+    """The scheduler and ``executors`` executors as children (``base`` plus their role);
+    restart any that dies (with backoff when it dies young). Each child serves its metrics
+    on its own port, numbered up from ``metrics_port``. 0 when stopped by a signal, 1 when a
+    child died at start ``max_quick_deaths`` times in a row."""
+    base = base or [sys.executable, "-m", "latigo"]
     roles = [("scheduler", "scheduler")] + [(f"executor-{number}", "executor") for number in range(1, executors + 1)]
     children = [
         Child(name, [*base, role], {} if not metrics_port else {METRICS_PORT_VARIABLE: str(metrics_port + offset)})
         for offset, (name, role) in enumerate(roles)
     ]
+    gave_up = False
     with stop_on_signals() as stop:
         for child in children:
             child.start()
-        while not stop.wait(1.0):
+        while not stop.wait(SIGNAL_CHECK_S):
             for child in children:
-                assert child.process is not None
-                code = child.process.poll()
-                if code is None:
-                    continue
-                log.error("%s exited with %d", child.name, code)
-                if monotonic() - child.started < MIN_CHILD_LIFETIME_S:
-                    log.error("%s dies at start; stopping the service", child.name)
+                if child.process is not None:
+                    code = child.process.poll()
+                    if code is not None:
+                        child.died(code)
+                if child.quick_deaths >= max_quick_deaths:
+                    log.error("%s died at start %d times in a row: giving up", child.name, child.quick_deaths)
+                    gave_up = True
                     stop.set()
                     break
-                child.start()
-    return _stop_children(children)
+                if child.process is None and child.restart_at is not None and monotonic() >= child.restart_at:
+                    child.start()
+    code = _stop_children(children)
+    return 1 if gave_up else code
 
 
 def _stop_children(children: list[Child]) -> int:

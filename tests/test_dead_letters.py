@@ -20,6 +20,7 @@ from latigo.ledger import PlannedWindow, State
 from latigo.schema import ledger, predictions
 from latigo.task import Task
 from tests.clock import Clock
+from tests.fault_proxy import FaultProxy, always
 from tests.test_pipeline import NOW, make_config
 
 HOUR = NOW.replace(minute=0)
@@ -44,17 +45,20 @@ def plan(parts, task: Task) -> None:
 
 
 def test_dead_letters_are_listed_and_replayed(database_url, gordo_server, clock):
-    # first Gordo is unreachable: one attempt, then the task is given up on
-    broken = build(make_config(database_url, "http://127.0.0.1:9", max_attempts=1), clock=clock)
-    exhausted = window_task("pump-1", gordo_server.revision, 2)
-    unknown = window_task("no-such-model", gordo_server.revision, 2)
-    try:
-        for task in (exhausted, unknown):
-            plan(broken, task)
-        broken.queue.publish([exhausted.to_json(), b"{broken json"])
-        drain(broken)
-    finally:
-        broken.close()
+    # first Gordo answers pump-1's prediction with a 500 (its own error, not an outage: Gordo
+    # is up): one attempt, then the task is given up on
+    with FaultProxy(gordo_server.base_url, always("error_500", only=r"/pump-1/anomaly/prediction")) as proxy:
+        broken = build(make_config(database_url, proxy.url, max_attempts=1), clock=clock)
+        exhausted = window_task("pump-1", gordo_server.revision, 2)
+        unknown = window_task("no-such-model", gordo_server.revision, 2)
+        try:
+            feed(broken.sensors, NOW - timedelta(hours=4), NOW)
+            for task in (exhausted, unknown):
+                plan(broken, task)
+            broken.queue.publish([exhausted.to_json(), b"{broken json"])
+            drain(broken)
+        finally:
+            broken.close()
 
     parts = build(make_config(database_url, gordo_server.base_url), clock=clock)
     try:
@@ -67,7 +71,7 @@ def test_dead_letters_are_listed_and_replayed(database_url, gordo_server, clock)
             ("pump-1", "exhausted"), (None, "malformed"), ("no-such-model", "permanent")
         }
         exhausted_letter, malformed, permanent = found["exhausted"], found["malformed"], found["permanent"]
-        assert "cannot reach Gordo" in exhausted_letter.error and "404" in permanent.error
+        assert "Gordo answered 500" in exhausted_letter.error and "404" in permanent.error
         assert exhausted_letter.task.window == exhausted.window and malformed.task is None
         assert "pump-1" in exhausted_letter.describe() and "(malformed message)" in malformed.describe()
         assert [letter.model for letter in dlq.letters(parts.engine, models=["pump-1"])] == ["pump-1"]
@@ -144,11 +148,13 @@ def test_a_task_that_keeps_killing_its_executor_is_dead_lettered_as_poison(tmp_p
         parts.close()
 
 
-def test_kills_are_not_failed_attempts(tmp_path, clock):
+def test_kills_are_not_failed_attempts(tmp_path, gordo_server, clock):
     """A task interrupted twice and then failing once has had one failed attempt, not three."""
-    parts = build(make_config(f"sqlite:///{tmp_path}/latigo.db", "http://127.0.0.1:9", max_attempts=2), clock=clock)
+    proxy = FaultProxy(gordo_server.base_url, always("error_500", only=r"/anomaly/prediction")).__enter__()
+    parts = build(make_config(f"sqlite:///{tmp_path}/latigo.db", proxy.url, max_attempts=2), clock=clock)
     try:
-        task = window_task("pump-1", "1", 2)
+        feed(parts.sensors, NOW - timedelta(hours=4), NOW)
+        task = window_task("pump-1", gordo_server.revision, 2)
         plan(parts, task)
         parts.queue.publish([task.to_json()])
         for _ in range(2):
@@ -159,3 +165,4 @@ def test_kills_are_not_failed_attempts(tmp_path, clock):
         assert dlq.letters(parts.engine) == []
     finally:
         parts.close()
+        proxy.stop()
