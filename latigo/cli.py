@@ -195,14 +195,21 @@ def status(ctx: click.Context, as_json: bool, failures: int) -> None:
         now = parts.clock()
         statuses = report.model_statuses(parts.engine, parts.config.schedule.interval)
         recent = report.recent_failures(parts.engine, failures)
+        outages = report.current_outages(parts.engine, now)
         document = report.status_document(
-            statuses, recent, report.dead_letter_count(parts.engine), parts.queue.depth(), now
+            statuses, recent, report.dead_letter_count(parts.engine), parts.queue.depth(), now, outages
         )
     finally:
         parts.close()
     if as_json:
         click.echo(json.dumps(document, indent=2))
         return
+    for outage in outages:
+        click.echo(
+            f"PAUSED: {outage.dependency} is down since {outage.since:%Y-%m-%d %H:%M:%S} UTC "
+            f"({outage.executors} executor{'s' if outage.executors != 1 else ''} waiting; work resumes by itself): "
+            f"{outage.error[:200]}\n"
+        )
     if not statuses:
         click.echo("no windows planned yet")
     else:

@@ -10,6 +10,8 @@ and every provider behaves the same.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -23,7 +25,7 @@ from latigo.components import Components
 from latigo.errors import MalformedTask, PermanentError, RevisionGone, TransientError
 from latigo.ledger import Outcome, State
 from latigo.metrics import HEALTH, STAGE_SECONDS, TASK_FAILURES, TASKS_HANDLED
-from latigo.outages import DATABASE, GORDO, PREDICTION_STORE, SENSOR_STORE, Outages
+from latigo.outages import DATABASE, GORDO, PREDICTION_STORE, SENSOR_STORE, Outages, recorder
 from latigo.providers.models import ModelMetadata
 from latigo.queues import Message
 from latigo.retry import backoff
@@ -59,7 +61,8 @@ class Executor:
                 SENSOR_STORE: parts.sensors.probe,
                 PREDICTION_STORE: parts.predictions.probe,
                 GORDO: parts.model_execution.probe,
-            }
+            },
+            recorder(parts.engine, f"{socket.gethostname()}:{os.getpid()}"),
         )
         self._rules = TaskRules(
             self._grid, schedule.max_task_span, frozenset(parts.config.models.projects),

@@ -19,9 +19,11 @@ from datetime import datetime, timezone
 from typing import Callable, Mapping
 
 import sqlalchemy.exc
+from sqlalchemy import Engine, delete, insert
 
 from latigo.errors import Unavailable
 from latigo.metrics import DEPENDENCY_UP, PAUSED
+from latigo.schema import dependency_outages
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,11 @@ PROBE_FIRST_S = 1.0
 # the longest wait between two probes, seconds: how late work resumes after an outage at most
 PROBE_MAX_S = 30.0
 
+# longest error kept with an outage
+ERROR_QUOTE = 1_000
+
 Probe = Callable[[], None]
+Report = Callable[[str, datetime, "str | None"], None]
 
 
 def dependency_of(error: BaseException) -> str | None:
@@ -52,12 +58,13 @@ class Outages:
     """The dependencies an executor found down, and the probes that tell when they are back.
 
     ``probes`` maps a dependency to a call that raises when it cannot be reached now;
-    ``report`` (optional) is told of each pause and resumption, for the status page."""
+    ``report`` (optional) is told ``(dependency, since, error)`` at each pause and each failed
+    probe, and ``(dependency, since, None)`` when it answers again, for the status page."""
 
     def __init__(
         self,
         probes: Mapping[str, Probe],
-        report: Callable[[str, str | None], None] | None = None,
+        report: Report | None = None,
         *,
         first_wait: float = PROBE_FIRST_S,
         max_wait: float = PROBE_MAX_S,
@@ -105,6 +112,7 @@ class Outages:
                 with self._lock:
                     if dependency in self._down:
                         self._down[dependency] = (since, error, min(self._max_wait, wait * 2))
+                self._tell(dependency, since, error)
         with self._lock:
             waits = [wait for _, _, wait in self._down.values()]
         if not waits:
@@ -123,25 +131,47 @@ class Outages:
         return True
 
     def _pause(self, dependency: str, error: str) -> None:
+        since = datetime.now(timezone.utc)
         with self._lock:
             if dependency in self._down:
                 return
-            self._down[dependency] = (datetime.now(timezone.utc), error, self._first_wait)
+            self._down[dependency] = (since, error, self._first_wait)
             PAUSED.set(len(self._down))
         log.error("%s is down: no new tasks until it answers again (%s)", dependency, error[:300])
-        self._tell(dependency, error)
+        self._tell(dependency, since, error)
 
     def _resume(self, dependency: str, since: datetime) -> None:
         with self._lock:
             self._down.pop(dependency, None)
             PAUSED.set(len(self._down))
         log.warning("%s answers again after %.0fs: resuming", dependency, (datetime.now(timezone.utc) - since).total_seconds())
-        self._tell(dependency, None)
+        self._tell(dependency, since, None)
 
-    def _tell(self, dependency: str, error: str | None) -> None:
+    def _tell(self, dependency: str, since: datetime, error: str | None) -> None:
         if self._report is None:
             return
         try:
-            self._report(dependency, error)
+            self._report(dependency, since, error)
         except Exception as failure:  # the status page is told when it can be; work goes on
-            log.warning("could not record that %s is %s: %s", dependency, "down" if error else "up", failure)
+            log.warning(
+                "could not record that %s is %s: %s", dependency, "down" if error else "up", failure.__class__.__name__
+            )
+
+
+def recorder(engine: Engine, executor: str) -> Report:
+    """A report that keeps an executor's outages in the ``dependency_outages`` table (when
+    the database answers: during its own outage nothing can be written)."""
+
+    def report(dependency: str, since: datetime, error: str | None) -> None:
+        mine = (dependency_outages.c.executor == executor) & (dependency_outages.c.dependency == dependency)
+        with engine.begin() as connection:
+            connection.execute(delete(dependency_outages).where(mine))
+            if error is not None:
+                connection.execute(
+                    insert(dependency_outages).values(
+                        executor=executor, dependency=dependency, since=since,
+                        checked_at=datetime.now(timezone.utc), error=error[:ERROR_QUOTE],
+                    )
+                )
+
+    return report

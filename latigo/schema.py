@@ -149,6 +149,17 @@ predictions = Table(
     Column("revision", String(REVISION), nullable=False),
 )
 
+# executors paused for a dependency that is down (latigo.outages), while the database answers
+dependency_outages = Table(
+    "dependency_outages",
+    metadata,
+    Column("executor", String(NAME), primary_key=True),
+    Column("dependency", String(32), primary_key=True),
+    Column("since", UTCDateTime(), nullable=False),
+    Column("checked_at", UTCDateTime(), nullable=False),
+    Column("error", Text, nullable=False),
+)
+
 scheduler_leader = Table(
     "scheduler_leader",
     metadata,

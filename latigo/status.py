@@ -10,7 +10,7 @@ import pandas as pd
 from sqlalchemy import Engine, func, select
 
 from latigo.ledger import State, partial
-from latigo.schema import dead_letters, ledger, predictions
+from latigo.schema import dead_letters, dependency_outages, ledger, predictions
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ def recent_failures(engine: Engine, limit: int = 10) -> list[Failure]:
 
 
 def status_document(statuses: list[ModelStatus], failures: list[Failure], dead_letters: int, depth: int,
-                    now: datetime) -> dict:
+                    now: datetime, outages: list | None = None) -> dict:
     """Everything ``latigo status`` shows, as JSON-ready data."""
     return {
         "now": now.isoformat(),
@@ -180,4 +180,40 @@ def status_document(statuses: list[ModelStatus], failures: list[Failure], dead_l
         ],
         "dead_letters": dead_letters,
         "queue_depth": depth,
+        "paused_for": [
+            {"dependency": o.dependency, "since": o.since.isoformat(), "executors": o.executors, "error": o.error}
+            for o in outages or []
+        ],
     }
+
+
+# an outage row not refreshed for this long belongs to an executor that is gone (a paused
+# executor refreshes it at every probe, at least every latigo.outages.PROBE_MAX_S)
+OUTAGE_FRESH = timedelta(minutes=2)
+
+
+@dataclass(frozen=True)
+class Outage:
+    """A dependency some executors wait for."""
+
+    dependency: str
+    since: datetime
+    executors: int
+    error: str
+
+
+def current_outages(engine: Engine, now: datetime) -> list[Outage]:
+    """The dependencies executors are paused for now, longest first."""
+    query = (
+        select(
+            dependency_outages.c.dependency,
+            func.min(dependency_outages.c.since),
+            func.count(),
+            func.max(dependency_outages.c.error),
+        )
+        .where(dependency_outages.c.checked_at >= now - OUTAGE_FRESH)
+        .group_by(dependency_outages.c.dependency)
+    )
+    with engine.connect() as connection:
+        found = [Outage(*row) for row in connection.execute(query)]
+    return sorted(found, key=lambda outage: outage.since)

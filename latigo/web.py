@@ -37,6 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from latigo.clock import Clock, system_clock
 from latigo.config import Config, InfluxPredictionsConfig
 from latigo.ledger import State, partial
+from latigo.status import Outage, current_outages
 from latigo.schema import ledger, predictions
 from latigo.window import Grid, Window
 
@@ -568,6 +569,8 @@ class Heatmap:
     affected: dict[Cell, int]  # matching models with at least one window in that state
     page: int
     pages: int
+    # dependencies executors are paused for now
+    outages: list[Outage] = field(default_factory=list)
 
     def to_dict(self, config: Config) -> dict:
         return {
@@ -586,6 +589,10 @@ class Heatmap:
             "models_with": {cell.value: count for cell, count in self.affected.items()},
             "page": self.page,
             "pages": self.pages,
+            "paused_for": [
+                {"dependency": o.dependency, "since": o.since.isoformat(), "executors": o.executors, "error": o.error}
+                for o in self.outages
+            ],
             "models_on_page": len(self.rows),
             "models": [
                 {
@@ -623,7 +630,8 @@ def heatmap(
     totals = {cell: sum(row.counts.get(cell, 0) for row in matching) for cell in Cell if cell != Cell.EMPTY}
     affected = {cell: sum(1 for row in matching if row.counts.get(cell, 0)) for cell in totals}
     return Heatmap(
-        now, hours, query, layout, shown, len(matching), len(everyone), totals, affected, page, pages
+        now, hours, query, layout, shown, len(matching), len(everyone), totals, affected, page, pages,
+        current_outages(engine, now),
     )
 
 
@@ -646,6 +654,7 @@ header .meta{color:#adb5bd}
 main{padding:10px 16px}
 a{color:#1864ab}
 .bar{display:flex;gap:18px;align-items:center;flex-wrap:wrap;margin:4px 0 10px}
+.paused{background:#fff3bf;border-left:4px solid #f08c00;padding:6px 10px;margin:4px 0 10px}
 .chip{display:inline-flex;align-items:center;gap:5px;margin-right:10px;white-space:nowrap}
 .sw{display:inline-block;width:12px;height:12px;border-radius:2px;border:1px solid rgba(0,0,0,.12)}
 .big{font-size:15px;font-weight:600}
@@ -809,8 +818,14 @@ def render_heatmap(data: Heatmap, config: Config) -> str:
         nothing = f"no model with windows in the last {data.hours} h"
         rows = f'<tr><td colspan="{count + 7}" class="muted">{nothing}</td></tr>'
     json_href = "/api/status.json?" + urlencode({"hours": data.hours, "q": data.query, "page": data.page})
+    paused = "".join(
+        f'<p class="paused">Paused: <b>{e(outage.dependency)}</b> is down since {outage.since:%Y-%m-%d %H:%M} UTC; '
+        f"{outage.executors} executor{'s' if outage.executors != 1 else ''} wait for it and resume by "
+        f"themselves. <span class=\"muted\">{e(outage.error[:TOOLTIP_ERROR])}</span></p>"
+        for outage in data.outages
+    )
     body = (
-        header(data.now, config, f"status of the last {data.hours} h{column_words}") + "<main>"
+        header(data.now, config, f"status of the last {data.hours} h{column_words}") + "<main>" + paused +
         f'<div class="bar"><span class="big">{found}</span>{summary}</div>'
         f'<div class="bar">{form}{range_links(data.hours, lambda hours: index_href(hours, data.query))}'
         f'<span class="muted">worst first: {data.affected[Cell.DEAD]:,} models with dead windows, '

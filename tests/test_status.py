@@ -62,3 +62,34 @@ def test_status_table_and_json(tmp_path):
     assert models["turbine-1"]["newest_done_end"] is None
     assert {f["state"] for f in document["recent_failures"]} == {"failed", "dead"}
     assert document["dead_letters"] == 1 and document["queue_depth"] == 1
+
+
+def test_an_executor_paused_for_a_dependency_shows_in_status(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from latigo.schema import dependency_outages
+
+    url = f"sqlite:///{tmp_path}/latigo.db"
+    parts = build(Config(database={"url": url}))
+    now = datetime.now(timezone.utc)
+    try:
+        with parts.engine.begin() as connection:
+            connection.execute(dependency_outages.insert(), [
+                {"executor": "a:1", "dependency": "prediction store", "since": now - timedelta(minutes=3),
+                 "checked_at": now, "error": "Unavailable: InfluxDB http://db:8086/write: connection refused"},
+                {"executor": "b:2", "dependency": "prediction store", "since": now - timedelta(minutes=2),
+                 "checked_at": now, "error": "Unavailable: InfluxDB http://db:8086/write: connection refused"},
+                # an executor that is gone: not refreshed for an hour
+                {"executor": "c:3", "dependency": "gordo", "since": now - timedelta(hours=2),
+                 "checked_at": now - timedelta(hours=1), "error": "Unavailable: gone"},
+            ])
+    finally:
+        parts.close()
+    env = {**os.environ, "LATIGO_DATABASE__URL": url}
+    table = subprocess.run([sys.executable, "-m", "latigo", "status"], capture_output=True, text=True, timeout=60,
+                           env=env).stdout
+    assert "PAUSED: prediction store is down since" in table and "2 executors waiting" in table
+    assert "gordo" not in table
+    document = json.loads(subprocess.run([sys.executable, "-m", "latigo", "status", "--json"], capture_output=True,
+                                         text=True, timeout=60, env=env).stdout)
+    assert [(o["dependency"], o["executors"]) for o in document["paused_for"]] == [("prediction store", 2)]
