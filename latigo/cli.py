@@ -307,20 +307,23 @@ def dlq_replay(
 
 @main.group()
 def config() -> None:
-    """The configuration."""
+    """The configuration: exit 2, with a message naming each offending key and what it
+    takes, when it is invalid (as every other command does)."""
 
 
 @config.command("show")
 @click.pass_context
 def config_show(ctx: click.Context) -> None:
-    """Print the effective configuration (file, environment, defaults), secrets masked."""
+    """Print the effective configuration (file, environment, defaults), secrets masked:
+    secret keys, and the password of every URL (database.url's included)."""
     click.echo(dump_config(_config(ctx)), nl=False)
 
 
 @config.command("check")
 @click.pass_context
 def config_check(ctx: click.Context) -> None:
-    """Validate the configuration; exit 2 with the offending keys if it is invalid."""
+    """Validate the configuration as every process does at start, without connecting to
+    anything; exit 0 if it is valid, 2 with the offending keys if it is not."""
     _config(ctx)
     click.echo("configuration is valid")
 

@@ -49,7 +49,7 @@ def test_help_lists_the_commands():
     "yaml_text, env, message",
     [
         ("schedule:\n  interval: soon\n", {}, "schedule.interval"),
-        ("sensors:\n  type: excel\n", {}, "sensors: Input tag 'excel'"),
+        ("sensors:\n  type: excel\n", {}, "sensors.type: 'excel' is not one of sql, influx"),
         ("", {"LATIGO_EXECUTOR__CONCURRENCY": "many"}, "executor.concurrency"),
         ("", {"LATIGO_QUEUE_TYPE": "sql"}, "unknown configuration variables: LATIGO_QUEUE_TYPE"),
     ],
