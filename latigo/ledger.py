@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
-from sqlalchemy import Engine, String, and_, bindparam, column, func, select, update, values
+from sqlalchemy import Connection, Engine, String, and_, bindparam, column, func, select, update, values
 
 from latigo import db
 from latigo.clock import Clock, system_clock
@@ -80,6 +80,11 @@ class Ledger:
     def __init__(self, engine: Engine, clock: Clock = system_clock) -> None:
         self._engine = engine
         self._clock = clock
+
+    @property
+    def engine(self) -> Engine:
+        """The Latigo database the ledger lives in."""
+        return self._engine
 
     def plan(self, windows: Sequence[PlannedWindow]) -> int:
         """Record windows as planned; windows planned before are left alone. Returns how
@@ -173,8 +178,26 @@ class Ledger:
             ledger.c.window_start < task.end,
         )
 
-    def mark_queued(self, tasks: Iterable[Task]) -> None:
-        """Record that the tasks are on the queue: one batched statement for any number."""
+    def mark_queued(
+        self,
+        tasks: Iterable[Task],
+        *,
+        fence: Callable[[Connection], bool] | None = None,
+        publish: Callable[[Connection], None] | None = None,
+    ) -> bool:
+        """Record that the tasks are on the queue: one batched statement for any number.
+
+        With a ``fence`` (the leader's, see ``latigo.leader``) it runs first, in the same
+        transaction: if it refuses (this scheduler no longer leads), nothing is marked and
+        this returns False. ``publish`` runs in that transaction too, after the fence: a
+        queue that is a table of this database enqueues there, so that publishing, marking
+        and the fence commit together or not at all."""
+        rows = [
+            {"p": task.project, "m": task.model, "s": task.start, "e": task.end, "t": str(task.id), "r": task.revision}
+            for task in tasks
+        ]
+        if not rows and fence is None and publish is None:
+            return True
         now = self._clock()
         statement = (
             update(ledger)
@@ -187,13 +210,14 @@ class Ledger:
             )
             .values(state=State.QUEUED, task_id=bindparam("t"), revision=bindparam("r"), updated_at=now)
         )
-        rows = [
-            {"p": task.project, "m": task.model, "s": task.start, "e": task.end, "t": str(task.id), "r": task.revision}
-            for task in tasks
-        ]
-        if rows:
-            with self._engine.begin() as connection:
+        with self._engine.begin() as connection:
+            if fence is not None and not fence(connection):
+                return False  # nothing written yet: the transaction commits nothing
+            if publish is not None:
+                publish(connection)
+            if rows:
                 connection.execute(statement, rows)
+        return True
 
     def requeue(self, tasks: Iterable[Task]) -> None:
         """Put the tasks' windows back to queued with a clean slate (a replayed dead letter)."""

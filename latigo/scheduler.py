@@ -6,6 +6,15 @@ leaves windows ``planned``, and the next tick publishes them: at worst a task is
 twice, which idempotent storage absorbs; never is one lost. Only the leader (see
 ``latigo.leader``) plans and publishes; other schedulers stand by.
 
+Publishing is fenced: marking a batch queued commits only together with the leader's
+check of its lease (holder, epoch, expiry), so a leader deposed while it hung marks
+nothing. With the sql queue (a table of the same database) the batch is enqueued in that
+very transaction: enqueue, mark and fence commit together or not at all, so a deposed
+leader waking up mid-tick cannot publish a batch at all. With a queue outside the database
+(Kafka, Event Hubs) the fence is checked just before publishing and again when marking;
+only a leader that pauses for a whole lease between that check and its publish call can
+publish one batch that its successor publishes too.
+
 Continuous windows (the newest due one of each model) are always published at once.
 History (catch-up after downtime, the initial backfill, ``latigo backfill``) is published
 newest first (``schedule.history_order``), and only while the queue holds fewer than
@@ -33,6 +42,7 @@ from latigo.metrics import HEALTH, TASKS_PUBLISHED, WINDOWS_PLANNED
 from latigo.ledger import Ledger, PlannedWindow
 from latigo.providers.models import ModelInformationProvider
 from latigo.queues import TaskQueue
+from latigo.queues.sql import SqlQueue
 from latigo.task import Task
 from latigo.window import Grid, Window
 
@@ -77,6 +87,16 @@ class TickReport:
     gaps: list[Gap] = field(default_factory=list)
 
 
+class Deposed(Exception):
+    """The fence refused a batch: this scheduler no longer leads. Carries what was published
+    (and marked) before it, in this tick."""
+
+    def __init__(self, tasks: int, windows: int) -> None:
+        super().__init__(f"deposed after publishing {tasks} tasks")
+        self.tasks = tasks
+        self.windows = windows
+
+
 @dataclass(frozen=True)
 class Discovery:
     revision: str
@@ -102,6 +122,9 @@ class Scheduler:
         self._queue = queue
         self._clock = clock
         self._leadership = leadership
+        # the sql queue is a table of the ledger's own database: a batch is enqueued in the
+        # transaction that marks it queued (and fences it)
+        self._in_ledger = isinstance(queue, SqlQueue) and queue.shares(ledger.engine)
         self._discovered: TtlCache[str, Discovery] = TtlCache(config.schedule.discovery_ttl, clock)
 
     # -- discovery -----------------------------------------------------------------------
@@ -202,21 +225,42 @@ class Scheduler:
         tasks.sort(key=lambda task: task.end, reverse=newest_first)
         return tasks
 
-    def _publish(self, tasks: list[Task]) -> None:
-        if tasks:
-            self._queue.publish([task.to_json() for task in tasks], [task.key for task in tasks])
-            self._ledger.mark_queued(tasks)
+    def _publish(self, tasks: list[Task]) -> bool:
+        """Publish a batch and mark it queued, fenced by the leadership; False, with nothing
+        marked (nor, for the sql queue, enqueued), if this scheduler turns out deposed."""
+        if not tasks:
+            return True
+        bodies = [task.to_json() for task in tasks]
+        fence = self._leadership.fence if self._leadership is not None else None
+        if self._in_ledger:
+            queue = self._queue
+            assert isinstance(queue, SqlQueue)
+            return self._ledger.mark_queued(tasks, fence=fence, publish=lambda connection: queue.publish_in(connection, bodies))
+        if self._leadership is not None and not self._leadership.confirm():
+            return False
+        # a pause of a whole lease right here is the one way a deposed leader publishes
+        self._queue.publish(bodies, [task.key for task in tasks])
+        if self._ledger.mark_queued(tasks, fence=fence):
+            return True
+        log.warning(
+            "published %d tasks, then found the lead lost (this scheduler paused for a lease?): the new "
+            "leader publishes them again, and they may be run twice (storage is idempotent)",
+            len(tasks),
+        )
+        return False
 
     def publish_planned(self, now: datetime | None = None) -> tuple[int, int]:
         """Publish planned windows: continuous ones all at once, history in ``history_order``
-        while the queue's backlog is under the limit. Returns (tasks, windows) published."""
+        while the queue's backlog is under the limit. Returns (tasks, windows) published; raises
+        ``Deposed`` when the fence refuses a batch (this scheduler no longer leads)."""
         now = now or self._clock()
         newest_end = self._grid.last_due_end(now, self._schedule.delay)
         published_tasks = published_windows = 0
         while True:  # TICK_BATCH at a time; a published batch is queued, so the next read moves on
             continuous = self._ledger.planned(ending_after=newest_end - self._schedule.interval, limit=TICK_BATCH)
             batch = self._tasks(continuous)
-            self._publish(batch)
+            if not self._publish(batch):
+                raise Deposed(published_tasks, published_windows)
             published_tasks += len(batch)
             published_windows += len(continuous)
             if len(continuous) < TICK_BATCH:
@@ -231,7 +275,8 @@ class Scheduler:
                 newest_first=newest_first,
             )
             history_tasks = self._tasks(history, newest_first)[:room]
-            self._publish(history_tasks)
+            if not self._publish(history_tasks):
+                raise Deposed(published_tasks, published_windows)
             published_tasks += len(history_tasks)
             published_windows += sum(self._grid.count(task.start, task.end) for task in history_tasks)
         return published_tasks, published_windows
@@ -245,7 +290,14 @@ class Scheduler:
             log.debug("another scheduler leads; standing by")
             return report
         self.plan(report)
-        report.published_tasks, report.published_windows = self.publish_planned(report.now)
+        try:
+            report.published_tasks, report.published_windows = self.publish_planned(report.now)
+        except Deposed as deposed:
+            # the fence refused a batch: publish nothing more this tick, and stand by
+            assert self._leadership is not None
+            self._leadership.step_down()
+            report.leader = False
+            report.published_tasks, report.published_windows = deposed.tasks, deposed.windows
         WINDOWS_PLANNED.inc(report.planned)
         TASKS_PUBLISHED.inc(report.published_tasks)
         log.info(

@@ -166,6 +166,9 @@ scheduler_leader = Table(
     Column("name", String(64), primary_key=True),
     Column("holder", String(200), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
+    # the leader's term, one more at every take of the row (latigo.leader): what fences a
+    # deposed leader's publishing
+    Column("epoch", Integer, nullable=False, server_default=text("0")),
 )
 
 # length of an Event Hubs namespace's host name (a DNS name)

@@ -25,7 +25,7 @@ from latigo import metrics, status
 from latigo.components import Components, build
 from latigo.config import Config
 from latigo.executor import Executor
-from latigo.leader import leadership_for
+from latigo.leader import end_stuck_transactions, leadership_for
 from latigo.scheduler import Scheduler, TickReport
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,9 @@ def components_when_ready(config: Config, stop: threading.Event) -> Components |
 def run_scheduler(parts: Components, *, once: bool = False) -> int:
     """Schedule until stopped; with ``once``, one tick, and 1 if a project could not be
     discovered (0 otherwise)."""
+    # PostgreSQL ends a session of ours left idle inside a transaction (this process stopped
+    # mid-transaction) after one lease, so its locks cannot hold a standby up for longer
+    end_stuck_transactions(parts.engine, parts.config.schedule.leader_ttl)
     leadership = leadership_for(parts.engine, parts.config.schedule.leader_ttl, parts.clock)
     scheduler = Scheduler(parts.config, parts.model_info, parts.ledger, parts.queue, parts.clock, leadership)
     if once:

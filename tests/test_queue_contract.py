@@ -322,6 +322,9 @@ class FailingModels:
     def metadata(self, project: str, model: str, revision: str) -> Any:
         raise self.error
 
+    def probe(self) -> None:
+        """Up: the errors these tests raise are the task's own."""
+
     def close(self) -> None:
         pass
 

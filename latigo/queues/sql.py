@@ -16,7 +16,7 @@ from datetime import timedelta
 from time import monotonic
 from typing import Sequence
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 from latigo.clock import Clock, system_clock
 from latigo.queues import Message, TaskQueue
@@ -45,11 +45,20 @@ class SqlQueue(TaskQueue):
         # one table, no partitions: the keys need no place
         if not bodies:
             return
+        with self._engine.begin() as connection:
+            self.publish_in(connection, bodies)
+
+    def shares(self, engine: Engine) -> bool:
+        """Whether the queue's table lives in ``engine``'s database, so that a publish can
+        join another transaction there (the scheduler's fenced publish, see latigo.scheduler)."""
+        return self._engine is engine
+
+    def publish_in(self, connection: Connection, bodies: Sequence[bytes]) -> None:
+        """Publish within the caller's transaction: the tasks exist once it commits."""
         now = self._clock()
         rows = [{"body": body, "available_at": now, "enqueued_at": now, "deliveries": 0} for body in bodies]
-        with self._engine.begin() as connection:
-            for offset in range(0, len(rows), PUBLISH_CHUNK):
-                connection.execute(insert(task_queue), rows[offset : offset + PUBLISH_CHUNK])
+        for offset in range(0, len(rows), PUBLISH_CHUNK):
+            connection.execute(insert(task_queue), rows[offset : offset + PUBLISH_CHUNK])
 
     def receive(self, max_messages: int, wait: timedelta) -> list[Message]:
         deadline = monotonic() + wait.total_seconds()
