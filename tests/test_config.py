@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 
-from latigo.config import ConfigError, InfluxSensorsConfig, default_document, load_config
+from latigo.config import CONFIG_PATH_VARIABLE, ConfigError, InfluxSensorsConfig, default_document, load_config
 
 EXAMPLE = """
 database:
@@ -274,7 +274,7 @@ models:
 sensors: {{type: influx, url: 'http://reader:{SECRET}@influx:8086', password: {SECRET}}}
 queue: {{type: kafka, connection_string: {SECRET}, options: {{sasl.password: {SECRET}}}}}
 """)
-    result = CliRunner().invoke(main, ["--config", str(path), "config", "show"])
+    result = CliRunner().invoke(main, ["--config", str(path), "config", "show"], env={CONFIG_PATH_VARIABLE: None})
     assert result.exit_code == 0, result.output
     assert SECRET not in result.output
     shown = __import__("yaml").safe_load(result.stdout)
@@ -289,7 +289,7 @@ def test_config_check_exits_2_with_the_message(tmp_path):
     from latigo.cli import main
 
     path = write(tmp_path, "schedule: {tick: 99999999999999w}\n")
-    result = CliRunner().invoke(main, ["--config", str(path), "config", "check"])
+    result = CliRunner().invoke(main, ["--config", str(path), "config", "check"], env={CONFIG_PATH_VARIABLE: None})
     assert result.exit_code == 2
     assert "schedule.tick: longer than 3653d" in result.stderr and "Traceback" not in result.output
 
@@ -305,3 +305,19 @@ def test_durations_are_written_back_exactly(tmp_path):
         "1.5s", "90s", "2w"
     )
     assert load_config(write(tmp_path, dump_config(config))) == config
+
+
+def test_the_config_commands_leave_no_variable_behind(tmp_path):
+    """`--config` exports LATIGO_CONFIG for the children of `latigo run`; in a test process it
+    must not outlive the command, or every later subprocess reads that file."""
+    import os
+
+    from click.testing import CliRunner
+
+    from latigo.cli import main
+
+    before = os.environ.get(CONFIG_PATH_VARIABLE)
+    path = tmp_path / "c.yaml"
+    path.write_text("schedule: {tick: 30s}\n")
+    CliRunner().invoke(main, ["--config", str(path), "config", "check"], env={CONFIG_PATH_VARIABLE: None})
+    assert os.environ.get(CONFIG_PATH_VARIABLE) == before
