@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from latigo.clock import Clock, system_clock
 from latigo.ledger import Ledger, PlannedWindow, State
@@ -68,7 +68,7 @@ def parse_moment(text: str) -> datetime:
     except ValueError:
         pass
     else:
-        return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+        return datetime(day.year, day.month, day.day, tzinfo=UTC)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -80,9 +80,7 @@ def parse_moment(text: str) -> datetime:
     return utc(moment)
 
 
-def backfill_range(
-    grid: Grid, start: datetime, end: datetime, newest_end: datetime
-) -> tuple[datetime, datetime]:
+def backfill_range(grid: Grid, start: datetime, end: datetime, newest_end: datetime) -> tuple[datetime, datetime]:
     """The range of the grid windows lying wholly inside ``[start, end)`` and ending no
     later than ``newest_end`` (the newest due window's end): ``start`` aligned up, ``end``
     down. Empty (start == end) when no window fits."""
@@ -276,8 +274,12 @@ class Backfill:
     def from_components(cls, parts) -> Backfill:
         schedule = parts.config.schedule
         return cls(
-            parts.ledger, parts.model_info, Grid(schedule.interval, schedule.anchor), parts.clock,
-            max_task_span=schedule.max_task_span, delay=schedule.delay,
+            parts.ledger,
+            parts.model_info,
+            Grid(schedule.interval, schedule.anchor),
+            parts.clock,
+            max_task_span=schedule.max_task_span,
+            delay=schedule.delay,
         )
 
     def models(self, projects: Sequence[str], names: Sequence[str] = ()) -> list[Model]:
@@ -346,10 +348,12 @@ class Backfill:
             planned, reset = len(selection.new), len(selection.reset)
             if not summary.dry_run:
                 interval = self._grid.interval
-                planned = self._ledger.plan([
-                    PlannedWindow(model.project, model.name, model.revision, Window(start, start + interval))
-                    for start in selection.new
-                ])
+                planned = self._ledger.plan(
+                    [
+                        PlannedWindow(model.project, model.name, model.revision, Window(start, start + interval))
+                        for start in selection.new
+                    ]
+                )
                 if selection.reset:
                     resets = RESET_STATES[summary.mode]
                     reset = self._ledger.replan(

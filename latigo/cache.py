@@ -7,8 +7,9 @@ would double its load; never asking again would miss a rebuild.
 from __future__ import annotations
 
 import threading
+from collections.abc import Hashable
 from datetime import datetime, timedelta
-from typing import Generic, Hashable, TypeVar
+from typing import Generic, TypeVar
 
 from latigo.clock import Clock, system_clock
 

@@ -19,9 +19,10 @@ import heapq
 import itertools
 import socket
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from time import monotonic
-from typing import Any, Iterator
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter

@@ -341,17 +341,26 @@ def demo(ctx: click.Context, history: timedelta | None) -> None:
 
 @main.command()
 @click.option(
-    "--from", "start_text", required=True, metavar="TIME",
+    "--from",
+    "start_text",
+    required=True,
+    metavar="TIME",
     help="start: a date or RFC 3339 time (UTC); aligned up to the window grid",
 )
 @click.option(
-    "--to", "end_text", required=True, metavar="TIME",
+    "--to",
+    "end_text",
+    required=True,
+    metavar="TIME",
     help="end, excluded: aligned down, and to the newest due window",
 )
 @click.option("--project", help="only this project [default: models.projects]")
 @click.option("--model", "names", multiple=True, help="only this model (repeatable)")
 @click.option(
-    "--mode", type=click.Choice(["missing", "failed", "all"]), default="missing", show_default=True,
+    "--mode",
+    type=click.Choice(["missing", "failed", "all"]),
+    default="missing",
+    show_default=True,
     help="missing: windows with no ledger row; failed: failed and dead windows again; "
     "all: every window again (queued ones excepted)",
 )
@@ -361,8 +370,16 @@ def demo(ctx: click.Context, history: timedelta | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @click.pass_context
 def backfill(
-    ctx: click.Context, start_text: str, end_text: str, project: str | None, names: tuple[str, ...],
-    mode: str, dry_run: bool, wait: bool, timeout: timedelta | None, as_json: bool,
+    ctx: click.Context,
+    start_text: str,
+    end_text: str,
+    project: str | None,
+    names: tuple[str, ...],
+    mode: str,
+    dry_run: bool,
+    wait: bool,
+    timeout: timedelta | None,
+    as_json: bool,
 ) -> None:
     """Plan historic windows in the ledger. The scheduler publishes them, coalesced into
     tasks of up to schedule.max_task_span, after the continuous windows."""
@@ -414,7 +431,8 @@ def backfill(
             if not as_json:
                 states = ", ".join(f"{count} {state}" for state, count in sorted(report.states.items()))
                 done = (
-                    "finished" if report.finished
+                    "finished"
+                    if report.finished
                     else f"timed out after {timeout}: {report.outstanding} windows still to do"
                 )
                 click.echo(f"wait {done} ({states or 'no windows'})")
@@ -428,8 +446,13 @@ def backfill(
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
-@click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True,
-              help="port to listen on (0: any free one)")
+@click.option(
+    "--port",
+    type=click.IntRange(min=0, max=65535),
+    default=8000,
+    show_default=True,
+    help="port to listen on (0: any free one)",
+)
 @click.pass_context
 def web(ctx: click.Context, host: str, port: int) -> None:
     """Serve the status page: a heatmap of models by recent windows, a chart per model,

@@ -22,7 +22,7 @@ import math
 import os
 import re
 import types
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -177,9 +177,7 @@ def _format_duration(value: timedelta) -> str:
 
 
 # a duration in config: "30m", "7d", seconds, or ISO 8601; written back in the compact form
-Duration = Annotated[
-    timedelta, BeforeValidator(duration), PlainSerializer(_format_duration, when_used="json")
-]
+Duration = Annotated[timedelta, BeforeValidator(duration), PlainSerializer(_format_duration, when_used="json")]
 
 
 def _at_least(shortest: timedelta, *, zero: bool = True):
@@ -261,9 +259,7 @@ def _database_url(value: str) -> str:
     try:
         dialect = url.get_dialect()
     except Exception:
-        raise ValueError(
-            f"no SQLAlchemy dialect for {_quote(url.drivername)}: write {DATABASE_URL_FORMS}"
-        ) from None
+        raise ValueError(f"no SQLAlchemy dialect for {_quote(url.drivername)}: write {DATABASE_URL_FORMS}") from None
     drivers = SUPPORTED_DATABASES[backend]
     if dialect.driver not in drivers:
         raise ValueError(
@@ -279,9 +275,7 @@ def _database_url(value: str) -> str:
             raise ValueError
         dialect(dbapi=dbapi).create_connect_args(url)
     except Exception:  # ArgumentError: a sqlite URL with a host, say
-        raise ValueError(
-            f"not a {backend} URL SQLAlchemy can connect with: write {DATABASE_URL_FORMS}"
-        ) from None
+        raise ValueError(f"not a {backend} URL SQLAlchemy can connect with: write {DATABASE_URL_FORMS}") from None
     return value
 
 
@@ -311,7 +305,7 @@ class ScheduleConfig(Section):
     """Where windows lie and when they become due."""
 
     interval: Annotated[Duration, _at_least(MIN_INTERVAL)] = timedelta(minutes=30)
-    anchor: Annotated[AwareDatetime, AfterValidator(_anchor)] = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    anchor: Annotated[AwareDatetime, AfterValidator(_anchor)] = datetime(1970, 1, 1, tzinfo=UTC)
     delay: NonNegativeDuration = timedelta(minutes=5)
     tick: PositiveDuration = timedelta(seconds=30)
     catch_up: NonNegativeDuration = timedelta(days=7)
@@ -529,7 +523,7 @@ def _backend_type(value: Any) -> str:
 def _backends(*sections: type[BaseModel]) -> Any:
     """A section that is one of several backends, chosen by its ``type`` key."""
     tagged = tuple(Annotated[section, Tag(_tag(section))] for section in sections)
-    return Annotated[Union[tagged], Discriminator(_backend_type)]
+    return Annotated[Union[tagged], Discriminator(_backend_type)]  # noqa: UP007 (a union built at run time)
 
 
 def _tag(section: type[BaseModel]) -> str:
@@ -640,13 +634,11 @@ SECRET_KEYS = _secret_fields()
 _SECRET_KEY = re.compile("|".join(re.escape(word) for word in sorted(SECRET_KEYS | set(SECRET_WORDS))), re.I)
 # a URL's password: scheme://user:PASSWORD@ (greedy up to the last @ before white space)
 # ("<password>@" is the placeholder of the messages' own examples)
-_URL_PASSWORD = re.compile(
-    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*:)(?!<password>@)(?P<password>\S*)@"
-)
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*:)(?!<password>@)(?P<password>\S*)@")
 # a secret key and its value on one line of YAML, block or flow style
 _SECRET_IN_LINE = re.compile(
-    r"""(?P<key>["']?[\w.$-]*(?:%s)[\w.$-]*["']?\s*:(?=\s|$)\s*)"""
-    r"""(?P<value>"(?:[^"\\]|\\.)*"?|'(?:[^']|'')*'?|[^,}\]#]*)""" % _SECRET_KEY.pattern,
+    r"""(?P<key>["']?[\w.$-]*(?:""" + _SECRET_KEY.pattern + r""")[\w.$-]*["']?\s*:(?=\s|$)\s*)"""
+    r"""(?P<value>"(?:[^"\\]|\\.)*"?|'(?:[^']|'')*'?|[^,}\]#]*)""",
     re.I,
 )
 
@@ -818,14 +810,16 @@ class _StrictLoader(yaml.SafeLoader):
             visited += 1
             if visited > MAX_YAML_NODES:
                 raise yaml.constructor.ConstructorError(
-                    None, None,
-                    f"the document expands to more than {MAX_YAML_NODES} values "
-                    "(an alias counts at each use)",
+                    None,
+                    None,
+                    f"the document expands to more than {MAX_YAML_NODES} values (an alias counts at each use)",
                     root.start_mark,
                 )
             if len(path) > MAX_YAML_DEPTH:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"nested deeper than {MAX_YAML_DEPTH} levels (through aliases)",
+                    None,
+                    None,
+                    f"nested deeper than {MAX_YAML_DEPTH} levels (through aliases)",
                     node.start_mark,
                 )
             if isinstance(node, yaml.SequenceNode):
@@ -845,7 +839,8 @@ class _StrictLoader(yaml.SafeLoader):
                     if identity in first_lines:
                         name = ".".join((*path, str(key))).replace(".[", "[")
                         raise yaml.constructor.ConstructorError(
-                            None, None,
+                            None,
+                            None,
                             f"{name} appears twice (first on line {first_lines[identity]}): a key may appear "
                             "once in a mapping, or the last one would silently win",
                             key_node.start_mark,
@@ -871,9 +866,7 @@ def _yaml_problem(
                 f"{file}: not valid YAML: character #x{error.character:04x} at position {error.position} "
                 f"cannot appear in YAML ({error.reason})"
             )
-        return (
-            f"{file}: not UTF-8 text (byte {error.position}: {error.reason}): a configuration file is UTF-8"
-        )
+        return f"{file}: not UTF-8 text (byte {error.position}: {error.reason}): a configuration file is UTF-8"
     if not isinstance(error, yaml.MarkedYAMLError):
         return f"{file}: not valid YAML"
     mark = error.problem_mark or error.context_mark
@@ -915,7 +908,7 @@ def _read_yaml(file: Path, secrets: _Secrets) -> dict[str, Any]:
     lines = data.decode("utf-8", "replace").splitlines()
     secret_lines = secrets.add_text(lines)
     try:
-        document = yaml.load(data, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+        document = yaml.load(data, Loader=_StrictLoader)
     except yaml.YAMLError as error:
         raise ConfigError(_yaml_problem(file, error, lines, secrets, secret_lines)) from None
     except RecursionError:
@@ -924,13 +917,12 @@ def _read_yaml(file: Path, secrets: _Secrets) -> dict[str, Any]:
         return {}
     secrets.add_value(document)
     if not isinstance(document, dict):
-        raise ConfigError(
-            f"{file}: the top level must be a mapping of sections ({', '.join(Config.model_fields)})"
-        )
+        raise ConfigError(f"{file}: the top level must be a mapping of sections ({', '.join(Config.model_fields)})")
     unknown = [key for key in document if not isinstance(key, str) or key not in Config.model_fields]
     if unknown:
         raise ConfigError(
-            f"{file}: " + ", ".join(_quote(key) for key in unknown)
+            f"{file}: "
+            + ", ".join(_quote(key) for key in unknown)
             + f": not a section; the sections are {', '.join(Config.model_fields)}"
         )
     # an empty section (every key commented out) is YAML's null: the section's defaults
@@ -947,7 +939,8 @@ def _env_path(name: str) -> tuple[str, ...]:
 def _latigo_variables(environ: dict[str, str]) -> dict[str, str]:
     """The variables pydantic-settings reads (their names are case-insensitive)."""
     return {
-        name: value for name, value in environ.items()
+        name: value
+        for name, value in environ.items()
         if name.upper().startswith(ENV_PREFIX) and name.upper() != CONFIG_PATH_VARIABLE
     }
 
@@ -963,8 +956,10 @@ def _expects_json(path: tuple[str, ...]) -> bool:
     for part in path[1:]:
         found = [
             field.annotation
-            for annotation in annotations for model in _models_in(annotation)
-            for name, field in model.model_fields.items() if name.lower() == part
+            for annotation in annotations
+            for model in _models_in(annotation)
+            for name, field in model.model_fields.items()
+            if name.lower() == part
         ]
         if not found:
             return False
@@ -1054,7 +1049,8 @@ def _explain(item: Any) -> tuple[tuple[str, ...], str]:
         name, parent = path[-1], path[:-1]
         if len(parent) == 1 and parent[0] in BACKENDS:
             owners = [
-                _tag(model) for model in BACKENDS[parent[0]]
+                _tag(model)
+                for model in BACKENDS[parent[0]]
                 if name in model.model_fields and _tag(model) != (tag or "sql")
             ]
             if owners:
@@ -1134,7 +1130,8 @@ def _load(file: Path, environ: dict[str, str], secrets: _Secrets, must_exist: bo
     unknown = _unknown_env_keys(environ)
     if unknown:
         raise ConfigError(
-            "unknown configuration variables: " + ", ".join(sorted(unknown))
+            "unknown configuration variables: "
+            + ", ".join(sorted(unknown))
             + f" (sections: {', '.join(Config.model_fields)})"
         )
     _check_json_variables(environ)
@@ -1183,8 +1180,9 @@ def _secrets_of(value: Any, secrets: _Secrets) -> None:
 def _masked(value: Any, secrets: _Secrets, secret: bool = False) -> Any:
     if isinstance(value, dict):
         return {
-            (secrets.redact(key) if isinstance(key, str) else key):
-                _masked(item, secrets, secret or _is_secret_key(key))
+            (secrets.redact(key) if isinstance(key, str) else key): _masked(
+                item, secrets, secret or _is_secret_key(key)
+            )
             for key, item in value.items()
         }
     if isinstance(value, list):

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import sqlalchemy
 import sqlalchemy.exc
-from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, Dialect, Engine, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
 
+from alembic import command
 from latigo.errors import Unavailable
 
 # the alembic folder, at the top of the repository (and of the Docker image); Latigo runs
@@ -42,7 +43,9 @@ BULK_ROWS = 2_000
 def create_engine(url: str, *, echo: bool = False) -> Engine:
     if url.startswith("sqlite"):
         engine = sqlalchemy.create_engine(
-            url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            url,
+            echo=echo,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
             insertmanyvalues_page_size=BULK_ROWS,
         )
         _make_sqlite_transactional(engine)

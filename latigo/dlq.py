@@ -10,9 +10,9 @@ replayed (there is no task to run); they stay listed until removed with ``--drop
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Sequence
 
 from sqlalchemy import Engine, delete, select
 
@@ -57,7 +57,11 @@ class DeadLetter:
         )
 
     def to_dict(self) -> dict[str, object]:
-        return {**self.__dict__, "created_at": self.created_at.isoformat(), "body": self.body.decode("utf-8", "replace")}
+        return {
+            **self.__dict__,
+            "created_at": self.created_at.isoformat(),
+            "body": self.body.decode("utf-8", "replace"),
+        }
 
 
 @dataclass
@@ -81,7 +85,9 @@ def _selection(ids: Sequence[int] = (), models: Sequence[str] = (), everything: 
     return query.where(*conditions)
 
 
-def letters(engine: Engine, ids: Sequence[int] = (), models: Sequence[str] = (), limit: int | None = None) -> list[DeadLetter]:
+def letters(
+    engine: Engine, ids: Sequence[int] = (), models: Sequence[str] = (), limit: int | None = None
+) -> list[DeadLetter]:
     """Dead letters, oldest first; all of them unless ids or models are given."""
     query = _selection(ids, models, everything=not ids and not models).limit(limit)
     with engine.connect() as connection:
@@ -99,7 +105,9 @@ def replay(
 ) -> ReplayReport:
     report = ReplayReport()
     with engine.connect() as connection:
-        chosen = [(row.id, row.reason, bytes(row.body)) for row in connection.execute(_selection(ids, models, everything))]
+        chosen = [
+            (row.id, row.reason, bytes(row.body)) for row in connection.execute(_selection(ids, models, everything))
+        ]
     tasks: list[tuple[int, Task]] = []
     for letter_id, reason, body in chosen:
         try:

@@ -33,4 +33,3 @@ class MalformedTask(PermanentError):
 
 class RevisionGone(PermanentError):
     """Gordo no longer serves the task's revision (HTTP 410): re-plan at the latest one."""
-

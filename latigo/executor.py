@@ -65,7 +65,9 @@ class Executor:
             recorder(parts.engine, f"{socket.gethostname()}:{os.getpid()}"),
         )
         self._rules = TaskRules(
-            self._grid, schedule.max_task_span, frozenset(parts.config.models.projects),
+            self._grid,
+            schedule.max_task_span,
+            frozenset(parts.config.models.projects),
             int(parts.config.executor.max_message_size),
         )
         self.handled = 0
@@ -162,8 +164,12 @@ class Executor:
             parts.queue.ack(message)
             return State.DEAD
         with logs.task_context(
-            task_id=str(task.id), project=task.project, model=task.model, window_start=task.start.isoformat(),
-            window_end=task.end.isoformat(), revision=task.revision,
+            task_id=str(task.id),
+            project=task.project,
+            model=task.model,
+            window_start=task.start.isoformat(),
+            window_end=task.end.isoformat(),
+            revision=task.revision,
         ):
             return self._run(message, task)
 
@@ -198,8 +204,12 @@ class Executor:
         partial = sum(1 for o in outcomes if o.state == State.DONE and o.stored_rows != o.expected_rows)
         log.info(
             "task %s %s %s: %s%s in %.2fs",
-            task.id, task.key, task.window, ", ".join(f"{count} {state}" for state, count in sorted(states.items())),
-            f" ({partial} partial)" if partial else "", monotonic() - started,
+            task.id,
+            task.key,
+            task.window,
+            ", ".join(f"{count} {state}" for state, count in sorted(states.items())),
+            f" ({partial} partial)" if partial else "",
+            monotonic() - started,
         )
         return State.DONE if states[State.DONE.value] else State.NO_DATA
 
@@ -225,7 +235,12 @@ class Executor:
         delay = backoff(attempts, self._settings.retry_base, self._settings.retry_max)
         log.warning(
             "task %s %s %s attempt %d failed, retrying in %.1fs: %s",
-            task.id, task.key, task.window, attempts, delay.total_seconds(), reason,
+            task.id,
+            task.key,
+            task.window,
+            attempts,
+            delay.total_seconds(),
+            reason,
         )
         parts.queue.release(message, delay)
         return State.FAILED
@@ -243,7 +258,9 @@ class Executor:
         except Exception as lookup:  # /revisions failing is this task's failed attempt, with its backoff
             return self._retry_or_give_up(message, task, lookup)
         if latest == task.revision:
-            parts.ledger.dead_letter(message.body, "permanent", f"{error} (and it is the latest)", message.deliveries, task)
+            parts.ledger.dead_letter(
+                message.body, "permanent", f"{error} (and it is the latest)", message.deliveries, task
+            )
             parts.queue.ack(message)
             return State.DEAD
         replanned = task.at_revision(latest)
@@ -290,7 +307,9 @@ class Executor:
                     HEALTH.ready = False
                     log.warning(
                         "receiving from the queue failed, trying again in %.0fs: %s: %s",
-                        receive_retry, error.__class__.__name__, str(error).splitlines()[0][:300] if str(error) else "",
+                        receive_retry,
+                        error.__class__.__name__,
+                        str(error).splitlines()[0][:300] if str(error) else "",
                     )
                     stop.wait(receive_retry)
                     receive_retry = min(RECEIVE_RETRY_MAX_S, receive_retry * 2)
@@ -314,6 +333,8 @@ class Executor:
                 dependency = self._outages.confirm(error)
                 log.error(
                     "handling a task failed, it will be delivered again%s: %s: %s",
-                    f" ({dependency} is down)" if dependency else "", error.__class__.__name__, str(error)[:300],
+                    f" ({dependency} is down)" if dependency else "",
+                    error.__class__.__name__,
+                    str(error)[:300],
                 )
         return in_flight - done

@@ -8,8 +8,8 @@ gordo-client's InfluxDB layout, a total's tag is its group name.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

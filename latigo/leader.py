@@ -163,9 +163,7 @@ class LeaseLeadership(Leadership):
 
     def _renew(self, connection: Connection, now: datetime) -> None:
         connection.execute(
-            update(scheduler_leader)
-            .where(scheduler_leader.c.name == LEASE_NAME)
-            .values(expires_at=now + self._ttl)
+            update(scheduler_leader).where(scheduler_leader.c.name == LEASE_NAME).values(expires_at=now + self._ttl)
         )
         if self._watch is not None and self.epoch is not None:
             self._watch.keep(self.epoch)  # again, if its connection was lost

@@ -14,10 +14,10 @@ rows stored than expected is *partial*: its note says why the others are missing
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Callable, Iterable, Sequence
 
 from sqlalchemy import Connection, Engine, String, and_, bindparam, column, func, select, update, values
 
@@ -228,8 +228,12 @@ class Ledger:
                     update(ledger)
                     .where(self._covered(task))
                     .values(
-                        state=State.QUEUED, attempts=0, last_error=None, task_id=str(task.id),
-                        revision=task.revision, updated_at=now,
+                        state=State.QUEUED,
+                        attempts=0,
+                        last_error=None,
+                        task_id=str(task.id),
+                        revision=task.revision,
+                        updated_at=now,
                     )
                 )
 
@@ -241,8 +245,12 @@ class Ledger:
                 update(ledger)
                 .where(self._covered(task))
                 .values(
-                    state=state, revision=task.revision, task_id=str(task.id), note=_text(note),
-                    last_error=None, updated_at=self._clock(),
+                    state=state,
+                    revision=task.revision,
+                    task_id=str(task.id),
+                    note=_text(note),
+                    last_error=None,
+                    updated_at=self._clock(),
                 )
             )
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from time import monotonic
-from typing import Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
@@ -32,7 +32,8 @@ GORDO_CLIENT_SECONDS = Histogram(
     "latigo_gordo_client_seconds", "Gordo prediction calls as Latigo sees them", buckets=DURATION_BUCKETS
 )
 GORDO_SERVER_SECONDS = Histogram(
-    "latigo_gordo_server_seconds", "Gordo prediction calls as Gordo reports them (Server-Timing)",
+    "latigo_gordo_server_seconds",
+    "Gordo prediction calls as Gordo reports them (Server-Timing)",
     buckets=DURATION_BUCKETS,
 )
 DEPENDENCY_UP = Gauge(

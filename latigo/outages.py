@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timezone
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 
 import sqlalchemy.exc
 from sqlalchemy import Engine, delete, insert
@@ -131,7 +131,7 @@ class Outages:
         return True
 
     def _pause(self, dependency: str, error: str) -> None:
-        since = datetime.now(timezone.utc)
+        since = datetime.now(UTC)
         with self._lock:
             if dependency in self._down:
                 return
@@ -144,7 +144,7 @@ class Outages:
         with self._lock:
             self._down.pop(dependency, None)
             PAUSED.set(len(self._down))
-        log.warning("%s answers again after %.0fs: resuming", dependency, (datetime.now(timezone.utc) - since).total_seconds())
+        log.warning("%s answers again after %.0fs: resuming", dependency, (datetime.now(UTC) - since).total_seconds())
         self._tell(dependency, since, None)
 
     def _tell(self, dependency: str, since: datetime, error: str | None) -> None:
@@ -169,8 +169,11 @@ def recorder(engine: Engine, executor: str) -> Report:
             if error is not None:
                 connection.execute(
                     insert(dependency_outages).values(
-                        executor=executor, dependency=dependency, since=since,
-                        checked_at=datetime.now(timezone.utc), error=error[:ERROR_QUOTE],
+                        executor=executor,
+                        dependency=dependency,
+                        since=since,
+                        checked_at=datetime.now(UTC),
+                        error=error[:ERROR_QUOTE],
                     )
                 )
 

@@ -19,8 +19,9 @@ be predicted and why the others could not, so the ledger's outcome of each windo
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 
 import numpy as np
@@ -46,7 +47,7 @@ def split(times_ns: np.ndarray, step_ns: int) -> list[slice]:
         return []
     breaks = np.flatnonzero(np.diff(times_ns) != step_ns) + 1
     edges = [0, *breaks.tolist(), len(times_ns)]
-    return [slice(start, stop) for start, stop in zip(edges[:-1], edges[1:])]
+    return [slice(start, stop) for start, stop in itertools.pairwise(edges)]
 
 
 def plan(times_ns: np.ndarray, step_ns: int, lookback: int, span: Window) -> Runs:
@@ -161,17 +162,18 @@ def _time_format(window: Window, step_ns: int) -> str:
     """Times as short as they can be in a note about ``window``: hours and minutes within a
     day, the date too for longer windows, seconds for resolutions finer than a minute."""
     clock = "%H:%M" if step_ns % (60 * _NS) == 0 else "%H:%M:%S"
-    one_day = window.end - window.start <= timedelta(days=1) and window.start.date() == (
-        window.end - timedelta(microseconds=1)
-    ).date()
+    one_day = (
+        window.end - window.start <= timedelta(days=1)
+        and window.start.date() == (window.end - timedelta(microseconds=1)).date()
+    )
     return clock if one_day else f"%Y-%m-%d {clock}"
 
 
 def _when(ns: int, fmt: str) -> str:
-    return datetime.fromtimestamp(ns / _NS, tz=timezone.utc).strftime(fmt)
+    return datetime.fromtimestamp(ns / _NS, tz=UTC).strftime(fmt)
 
 
 def _ns(moment: datetime) -> int:
     """Nanoseconds since the epoch of an aware datetime, exactly."""
-    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * _NS + delta.microseconds * 1000

@@ -27,9 +27,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -38,8 +38,8 @@ from latigo.clock import Clock, system_clock
 from latigo.config import Config
 from latigo.errors import LatigoError
 from latigo.leader import Leadership
-from latigo.metrics import HEALTH, TASKS_PUBLISHED, WINDOWS_PLANNED
 from latigo.ledger import Ledger, PlannedWindow
+from latigo.metrics import HEALTH, TASKS_PUBLISHED, WINDOWS_PLANNED
 from latigo.providers.models import ModelInformationProvider
 from latigo.queues import TaskQueue
 from latigo.queues.sql import SqlQueue
@@ -189,7 +189,11 @@ class Scheduler:
                 log.warning(
                     "%s/%s: windows from %s to %s are older than the catch-up limit (%s) and were not "
                     "planned; use latigo backfill for them",
-                    model.project, model.name, start.isoformat(), oldest.isoformat(), self._schedule.catch_up,
+                    model.project,
+                    model.name,
+                    start.isoformat(),
+                    oldest.isoformat(),
+                    self._schedule.catch_up,
                 )
                 start = oldest
             planned.extend(
@@ -235,7 +239,9 @@ class Scheduler:
         if self._in_ledger:
             queue = self._queue
             assert isinstance(queue, SqlQueue)
-            return self._ledger.mark_queued(tasks, fence=fence, publish=lambda connection: queue.publish_in(connection, bodies))
+            return self._ledger.mark_queued(
+                tasks, fence=fence, publish=lambda connection: queue.publish_in(connection, bodies)
+            )
         if self._leadership is not None and not self._leadership.confirm():
             return False
         # a pause of a whole lease right here is the one way a deposed leader publishes
@@ -302,7 +308,10 @@ class Scheduler:
         TASKS_PUBLISHED.inc(report.published_tasks)
         log.info(
             "tick: %d models, %d windows planned, %d tasks published covering %d windows%s%s",
-            report.models, report.planned, report.published_tasks, report.published_windows,
+            report.models,
+            report.planned,
+            report.published_tasks,
+            report.published_windows,
             f", failed projects: {', '.join(report.failed_projects)}" if report.failed_projects else "",
             f", {len(report.gaps)} models with gaps beyond catch-up" if report.gaps else "",
         )
@@ -322,8 +331,11 @@ class Scheduler:
                         after_tick(report)
                 except (LatigoError, SQLAlchemyError) as error:  # an outage must not end the scheduler
                     HEALTH.ready = False
-                    log.warning("tick failed, trying again next tick: %s: %s", error.__class__.__name__,
-                                (str(error).splitlines() or [""])[0][:300])
+                    log.warning(
+                        "tick failed, trying again next tick: %s: %s",
+                        error.__class__.__name__,
+                        (str(error).splitlines() or [""])[0][:300],
+                    )
                 except Exception:  # a bug: its traceback, and the scheduler goes on
                     HEALTH.ready = False
                     log.exception("tick failed; trying again next tick")

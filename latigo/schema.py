@@ -6,7 +6,7 @@ Times are stored as naive UTC and handed back aware, so no zone is ever guessed.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
@@ -46,13 +46,13 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r} given to the database: use UTC")
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
         return value if self.impl.timezone and dialect.name == "postgresql" else value.replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
         if value is None:
             return None
-        return value.astimezone(timezone.utc) if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+        return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 # SQLite keeps times as text and compares them as text: only SQLAlchemy's fixed-width UTC

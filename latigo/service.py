@@ -14,10 +14,10 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from time import monotonic
-from typing import Iterator
 
 import sqlalchemy.exc
 
@@ -95,7 +95,8 @@ def components_when_ready(config: Config, stop: threading.Event) -> Components |
             first_line = str(error.orig if getattr(error, "orig", None) else error).strip().splitlines()
             log.warning(
                 "the Latigo database is unavailable, trying again in %.0fs: %s",
-                wait, first_line[0][:300] if first_line else error.__class__.__name__,
+                wait,
+                first_line[0][:300] if first_line else error.__class__.__name__,
             )
             stop.wait(wait)
             wait = min(DATABASE_RETRY_MAX_S, wait * 2)

@@ -44,8 +44,10 @@ def model_statuses(engine: Engine, interval: timedelta) -> list[ModelStatus]:
         .where(ledger.c.last_error.is_not(None))
         .order_by(ledger.c.updated_at)
     )
-    partials = select(ledger.c.project, ledger.c.model, func.count()).where(partial()).group_by(
-        ledger.c.project, ledger.c.model
+    partials = (
+        select(ledger.c.project, ledger.c.model, func.count())
+        .where(partial())
+        .group_by(ledger.c.project, ledger.c.model)
     )
     extent = select(
         ledger.c.project, ledger.c.model, func.min(ledger.c.window_start), func.max(ledger.c.window_start), func.count()
@@ -63,8 +65,13 @@ def model_statuses(engine: Engine, interval: timedelta) -> list[ModelStatus]:
         }
     return [
         ModelStatus(
-            project, model, counts, done.get((project, model)), last_error.get((project, model)),
-            missing.get((project, model), 0), partial_windows.get((project, model), 0),
+            project,
+            model,
+            counts,
+            done.get((project, model)),
+            last_error.get((project, model)),
+            missing.get((project, model), 0),
+            partial_windows.get((project, model), 0),
         )
         for (project, model), counts in sorted(states.items())
     ]
@@ -145,8 +152,15 @@ class Failure:
 def recent_failures(engine: Engine, limit: int = 10) -> list[Failure]:
     """The windows that failed or died most recently, with their last error."""
     query = (
-        select(ledger.c.project, ledger.c.model, ledger.c.window_start, ledger.c.state, ledger.c.attempts,
-               ledger.c.last_error, ledger.c.updated_at)
+        select(
+            ledger.c.project,
+            ledger.c.model,
+            ledger.c.window_start,
+            ledger.c.state,
+            ledger.c.attempts,
+            ledger.c.last_error,
+            ledger.c.updated_at,
+        )
         .where(ledger.c.state.in_([State.FAILED, State.DEAD]))
         .order_by(ledger.c.updated_at.desc())
         .limit(limit)
@@ -155,8 +169,14 @@ def recent_failures(engine: Engine, limit: int = 10) -> list[Failure]:
         return [Failure(*row[:5], row.last_error or "", row.updated_at) for row in connection.execute(query)]
 
 
-def status_document(statuses: list[ModelStatus], failures: list[Failure], dead_letters: int, depth: int,
-                    now: datetime, outages: list | None = None) -> dict:
+def status_document(
+    statuses: list[ModelStatus],
+    failures: list[Failure],
+    dead_letters: int,
+    depth: int,
+    now: datetime,
+    outages: list | None = None,
+) -> dict:
     """Everything ``latigo status`` shows, as JSON-ready data."""
     return {
         "now": now.isoformat(),
@@ -174,8 +194,15 @@ def status_document(statuses: list[ModelStatus], failures: list[Failure], dead_l
             for status in statuses
         ],
         "recent_failures": [
-            {"project": f.project, "model": f.model, "window_start": f.window_start.isoformat(), "state": f.state,
-             "attempts": f.attempts, "error": f.error, "updated_at": f.updated_at.isoformat()}
+            {
+                "project": f.project,
+                "model": f.model,
+                "window_start": f.window_start.isoformat(),
+                "state": f.state,
+                "attempts": f.attempts,
+                "error": f.error,
+                "updated_at": f.updated_at.isoformat(),
+            }
             for f in failures
         ],
         "dead_letters": dead_letters,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -36,7 +36,7 @@ class Task(BaseModel):
     start: AwareDatetime
     end: AwareDatetime
     attempt: int = Field(1, ge=1)
-    created: AwareDatetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    created: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @field_validator("version")
     @classmethod
@@ -56,7 +56,7 @@ class Task(BaseModel):
     @field_validator("start", "end", "created")
     @classmethod
     def _as_utc(cls, moment: datetime) -> datetime:
-        return moment.astimezone(timezone.utc)
+        return moment.astimezone(UTC)
 
     @model_validator(mode="after")
     def _ordered(self) -> Task:
@@ -120,7 +120,8 @@ class TaskRules:
         problems = []
         for name, moment in (("start", task.start), ("end", task.end)):
             if not self.grid.is_aligned(moment):
-                problems.append(f"{name} {moment.isoformat()} is not on the window grid ({self.grid.interval} from {self.grid.anchor.isoformat()})")
+                grid = f"{self.grid.interval} from {self.grid.anchor.isoformat()}"
+                problems.append(f"{name} {moment.isoformat()} is not on the window grid ({grid})")
         if task.end - task.start > self.max_span:
             problems.append(f"spans {task.end - task.start}, longer than schedule.max_task_span ({self.max_span})")
         if task.project not in self.projects:

@@ -23,11 +23,11 @@ import json
 import logging
 import math
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from socketserver import ThreadingMixIn
-from typing import Callable, Iterable, Sequence
 from urllib.parse import parse_qs, quote, urlencode
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -37,8 +37,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from latigo.clock import Clock, system_clock
 from latigo.config import Config, InfluxPredictionsConfig
 from latigo.ledger import State, partial
-from latigo.status import Outage, current_outages
 from latigo.schema import ledger, predictions
+from latigo.status import Outage, current_outages
 from latigo.window import Grid, Window
 
 log = logging.getLogger(__name__)
@@ -144,9 +144,7 @@ def is_due(window_end: datetime, now: datetime, delay: timedelta) -> bool:
     return window_end <= now - delay
 
 
-def cell_of(
-    state: str | None, window_end: datetime, now: datetime, delay: timedelta, partial: bool = False
-) -> Cell:
+def cell_of(state: str | None, window_end: datetime, now: datetime, delay: timedelta, partial: bool = False) -> Cell:
     """The cell of one window: its ledger state, planned or queued ones late once due, done
     ones with rows missing partial."""
     if state is None:
@@ -200,11 +198,7 @@ def format_age(age: timedelta | None) -> str:
 
 def format_span(window: Window) -> str:
     """``03-02 11:30–12:00``: a window as a tooltip names it."""
-    end = (
-        f"{window.end:%H:%M}"
-        if window.end - window.start < timedelta(days=1)
-        else f"{window.end:%m-%d %H:%M}"
-    )
+    end = f"{window.end:%H:%M}" if window.end - window.start < timedelta(days=1) else f"{window.end:%m-%d %H:%M}"
     return f"{window.start:%m-%d %H:%M}–{end}"
 
 
@@ -236,7 +230,7 @@ def time_ticks(start: datetime, end: datetime, target: int = 8) -> list[datetime
     """Round UTC moments (whole hours, midnights, ...) inside ``[start, end]``, about ``target`` of them."""
     span = end - start
     step = next((step for step in TIME_STEPS if span / step <= target), TIME_STEPS[-1])
-    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
     tick = epoch + math.ceil((start - epoch) / step) * step
     ticks = []
     while tick <= end:
@@ -261,9 +255,7 @@ class Scale:
     def __call__(self, value: float) -> float:
         if self.high == self.low:
             return self.pixel_low
-        return self.pixel_low + (value - self.low) * (self.pixel_high - self.pixel_low) / (
-            self.high - self.low
-        )
+        return self.pixel_low + (value - self.low) * (self.pixel_high - self.pixel_low) / (self.high - self.low)
 
 
 Point = tuple[datetime, float]
@@ -275,9 +267,7 @@ def downsample(points: Sequence[Point], limit: int = MAX_POINTS) -> list[Point]:
     if len(points) <= limit:
         return list(points)
     size = math.ceil(len(points) / limit)
-    return [
-        max(points[index : index + size], key=lambda point: point[1]) for index in range(0, len(points), size)
-    ]
+    return [max(points[index : index + size], key=lambda point: point[1]) for index in range(0, len(points), size)]
 
 
 def segments(points: Sequence[Point], max_gap: timedelta) -> list[list[Point]]:
@@ -298,11 +288,9 @@ def label_spans(layout: Sequence[Window], every: int) -> list[tuple[str, int]]:
     if not layout:
         return []
     step = (layout[0].end - layout[0].start) * every
-    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
     # the first column on a round time; none (an anchor off the hour): the first column
-    first = next(
-        (index for index, window in enumerate(layout) if (window.start - epoch) % step == timedelta(0)), 0
-    )
+    first = next((index for index, window in enumerate(layout) if (window.start - epoch) % step == timedelta(0)), 0)
     spans: list[tuple[str, int]] = [("", first)] if first else []
     for index in range(first, len(layout), every):
         spans.append((tick_label(layout[index].start), min(every, len(layout) - index)))
@@ -413,9 +401,7 @@ def describe(window: Window, rows: Sequence[WindowRow], now: datetime, delay: ti
     return CellView(cell, title)
 
 
-def lay_out(
-    layout: Sequence[Window], rows: Iterable[WindowRow], now: datetime, delay: timedelta
-) -> list[CellView]:
+def lay_out(layout: Sequence[Window], rows: Iterable[WindowRow], now: datetime, delay: timedelta) -> list[CellView]:
     """One model's cells, a column each."""
     per_column: list[list[WindowRow]] = [[] for _ in layout]
     for row in rows:
@@ -428,9 +414,7 @@ def lay_out(
 # --- queries ---------------------------------------------------------------------------
 
 
-def model_rows(
-    engine: Engine, start: datetime, end: datetime, now: datetime, delay: timedelta
-) -> list[ModelRow]:
+def model_rows(engine: Engine, start: datetime, end: datetime, now: datetime, delay: timedelta) -> list[ModelRow]:
     """Every model with a window starting in ``[start, end)``, with its counts per cell
     state and its newest done window: one grouped query, whatever the number of models."""
     waiting = ledger.c.state.in_([State.PLANNED, State.QUEUED])
@@ -497,16 +481,19 @@ def window_rows(
         for row in connection.execute(query):
             found[(row.project, row.model)].append(
                 WindowRow(
-                    row.window_start, row.window_end, row.state, row.revision, row.attempts, row.error,
+                    row.window_start,
+                    row.window_end,
+                    row.state,
+                    row.revision,
+                    row.attempts,
+                    row.error,
                     partial=bool(row.partial),
                 )
             )
     return found
 
 
-def model_windows(
-    engine: Engine, project: str, model: str, start: datetime, end: datetime
-) -> list[WindowRow]:
+def model_windows(engine: Engine, project: str, model: str, start: datetime, end: datetime) -> list[WindowRow]:
     """One model's ledger rows starting in ``[start, end)``, newest first."""
     query = (
         select(
@@ -579,9 +566,7 @@ class Heatmap:
             "interval_seconds": config.schedule.interval.total_seconds(),
             "delay_seconds": config.schedule.delay.total_seconds(),
             "query": self.query,
-            "columns": [
-                {"start": window.start.isoformat(), "end": window.end.isoformat()} for window in self.layout
-            ],
+            "columns": [{"start": window.start.isoformat(), "end": window.end.isoformat()} for window in self.layout],
             "colours": {cell.value: colour for cell, colour in COLOURS.items()},
             "models_total": self.total,
             "models_matching": self.matching,
@@ -630,7 +615,17 @@ def heatmap(
     totals = {cell: sum(row.counts.get(cell, 0) for row in matching) for cell in Cell if cell != Cell.EMPTY}
     affected = {cell: sum(1 for row in matching if row.counts.get(cell, 0)) for cell in totals}
     return Heatmap(
-        now, hours, query, layout, shown, len(matching), len(everyone), totals, affected, page, pages,
+        now,
+        hours,
+        query,
+        layout,
+        shown,
+        len(matching),
+        len(everyone),
+        totals,
+        affected,
+        page,
+        pages,
         current_outages(engine, now),
     )
 
@@ -695,9 +690,7 @@ def cell_styles(count: int) -> str:
     cells = ",".join(f"table.hm td.{cell.value}" for cell in Cell)
     rules = [f"{cells},table.hm th.t{{width:{width}px;min-width:{width}px;height:14px}}"]
     rules += [f"td.{cell.value}{{background:{colour}}}" for cell, colour in COLOURS.items()]
-    rules += [
-        f"th.name.w-{cell.value}{{border-left-color:{colour}!important}}" for cell, colour in COLOURS.items()
-    ]
+    rules += [f"th.name.w-{cell.value}{{border-left-color:{colour}!important}}" for cell, colour in COLOURS.items()]
     return "\n".join(rules)
 
 
@@ -784,9 +777,7 @@ def render_heatmap(data: Heatmap, config: Config) -> str:
     numbers = "".join(f'<th class="num">{SHORT[cell]}</th>' for cell in COUNTED)
     column = data.layout[0].end - data.layout[0].start
     column_words = (
-        ""
-        if column == config.schedule.interval
-        else f" (a column is {format_age(column)}: its worst window shown)"
+        "" if column == config.schedule.interval else f" (a column is {format_age(column)}: its worst window shown)"
     )
     legend = "".join(f'<span class="chip">{swatch(cell)}{e(MEANINGS[cell])}</span>' for cell in Cell)
     summary = "".join(tally(cell, data.totals.get(cell, 0)) for cell in COUNTED)
@@ -821,12 +812,14 @@ def render_heatmap(data: Heatmap, config: Config) -> str:
     paused = "".join(
         f'<p class="paused">Paused: <b>{e(outage.dependency)}</b> is down since {outage.since:%Y-%m-%d %H:%M} UTC; '
         f"{outage.executors} executor{'s' if outage.executors != 1 else ''} wait for it and resume by "
-        f"themselves. <span class=\"muted\">{e(outage.error[:TOOLTIP_ERROR])}</span></p>"
+        f'themselves. <span class="muted">{e(outage.error[:TOOLTIP_ERROR])}</span></p>'
         for outage in data.outages
     )
     body = (
-        header(data.now, config, f"status of the last {data.hours} h{column_words}") + "<main>" + paused +
-        f'<div class="bar"><span class="big">{found}</span>{summary}</div>'
+        header(data.now, config, f"status of the last {data.hours} h{column_words}")
+        + "<main>"
+        + paused
+        + f'<div class="bar"><span class="big">{found}</span>{summary}</div>'
         f'<div class="bar">{form}{range_links(data.hours, lambda hours: index_href(hours, data.query))}'
         f'<span class="muted">worst first: {data.affected[Cell.DEAD]:,} models with dead windows, '
         f"{data.affected[Cell.FAILED]:,} with failed, {data.affected[Cell.LATE]:,} with late</span></div>"
@@ -865,10 +858,7 @@ def render_chart(
     x = Scale(start.timestamp(), end.timestamp(), MARGIN_LEFT, CHART_WIDTH - MARGIN_RIGHT)
     y = Scale(0.0, ticks[-1], bottom, MARGIN_TOP)
     height = CHART_HEIGHT + (STRIP_HEIGHT + 6 if strip else 0)
-    parts = [
-        f'<svg class="chart" viewBox="0 0 {CHART_WIDTH} {height}" role="img" '
-        'xmlns="http://www.w3.org/2000/svg">'
-    ]
+    parts = [f'<svg class="chart" viewBox="0 0 {CHART_WIDTH} {height}" role="img" xmlns="http://www.w3.org/2000/svg">']
     for tick in ticks:
         parts.append(
             f'<line x1="{MARGIN_LEFT}" x2="{CHART_WIDTH - MARGIN_RIGHT}" '
@@ -892,9 +882,7 @@ def render_chart(
         coordinates = " ".join(f"{x(moment.timestamp()):.1f},{y(value):.1f}" for moment, value in run)
         if len(run) == 1:
             moment, value = run[0]
-            parts.append(
-                f'<circle cx="{x(moment.timestamp()):.1f}" cy="{y(value):.1f}" r="1.8" fill="#1864ab"/>'
-            )
+            parts.append(f'<circle cx="{x(moment.timestamp()):.1f}" cy="{y(value):.1f}" r="1.8" fill="#1864ab"/>')
         else:
             parts.append(
                 f'<polyline class="series" points="{coordinates}" fill="none" stroke="#1864ab" '
@@ -902,9 +890,7 @@ def render_chart(
             )
     top = CHART_HEIGHT + 2
     if strip:
-        parts.append(
-            f'<text x="{MARGIN_LEFT - 6}" y="{top + STRIP_HEIGHT - 1}" text-anchor="end">windows</text>'
-        )
+        parts.append(f'<text x="{MARGIN_LEFT - 6}" y="{top + STRIP_HEIGHT - 1}" text-anchor="end">windows</text>')
     for window, view in strip:
         left, right = x(max(window.start, start).timestamp()), x(min(window.end, end).timestamp())
         parts.append(
@@ -913,8 +899,7 @@ def render_chart(
             f"<title>{e(view.title)}</title></rect>"
         )
     parts.append(
-        f'<line x1="{MARGIN_LEFT}" x2="{MARGIN_LEFT}" y1="{MARGIN_TOP}" y2="{bottom}" stroke="#adb5bd"/>'
-        "</svg>"
+        f'<line x1="{MARGIN_LEFT}" x2="{MARGIN_LEFT}" y1="{MARGIN_TOP}" y2="{bottom}" stroke="#adb5bd"/></svg>'
     )
     return "".join(parts)
 
@@ -924,10 +909,7 @@ def render_model(engine: Engine, config: Config, now: datetime, project: str, mo
     delay = config.schedule.delay
     start = now - timedelta(hours=hours)
     windows = model_windows(engine, project, model, grid.floor(start), now)
-    views = [
-        (Window(row.start, row.end), describe(Window(row.start, row.end), [row], now, delay))
-        for row in windows
-    ]
+    views = [(Window(row.start, row.end), describe(Window(row.start, row.end), [row], now, delay)) for row in windows]
     counts: dict[Cell, int] = {}
     for _, view in views:
         counts[view.cell] = counts.get(view.cell, 0) + 1
@@ -953,9 +935,7 @@ def render_model(engine: Engine, config: Config, now: datetime, project: str, mo
                 continue  # a model without thresholds has no confidence
             charts += f"<h2>{e(title)}</h2>"
             if points:
-                charts += render_chart(
-                    points, start, now, grid.interval, threshold, strip if index == 0 else ()
-                )
+                charts += render_chart(points, start, now, grid.interval, threshold, strip if index == 0 else ())
             else:
                 charts += f'<p class="muted">no {e(output)} predictions stored in the last {hours} h</p>'
     table_rows = "".join(
@@ -991,9 +971,7 @@ class NotFound(Exception):
 class StatusApp:
     """The WSGI application; reads the database at every request, holds no state."""
 
-    def __init__(
-        self, engine: Engine, config: Config, clock: Clock = system_clock, page_size: int = PAGE_SIZE
-    ) -> None:
+    def __init__(self, engine: Engine, config: Config, clock: Clock = system_clock, page_size: int = PAGE_SIZE) -> None:
         self._engine = engine
         self._config = config
         self._clock = clock

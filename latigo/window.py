@@ -7,16 +7,16 @@ computes exactly the same windows.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
 
 
 def utc(moment: datetime) -> datetime:
     """Reject naive datetimes (their zone is a guess) and normalise aware ones to UTC."""
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"naive datetime {moment.isoformat()}: give a time zone (UTC)")
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)
 
 
 @dataclass(frozen=True, order=True)
@@ -38,7 +38,7 @@ class Window:
 @dataclass(frozen=True)
 class Grid:
     interval: timedelta
-    anchor: datetime = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    anchor: datetime = datetime(1970, 1, 1, tzinfo=UTC)
 
     def __post_init__(self) -> None:
         if self.interval <= timedelta(0):

@@ -413,9 +413,7 @@ def _await_health(proc: subprocess.Popen, port: int, log_file: Path, timeout: fl
         except subprocess.TimeoutExpired:
             pass
         else:
-            raise GordoError(
-                f"Gordo server exited with {code} while starting; {log_file}:\n{_tail_file(log_file)}"
-            )
+            raise GordoError(f"Gordo server exited with {code} while starting; {log_file}:\n{_tail_file(log_file)}")
         if _answers(url):
             return
         if time.monotonic() > deadline:
@@ -534,9 +532,7 @@ def _serve_foreground(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = proc.wait()
-        print(
-            f"Gordo server exited with {code}; {args.log_file}:\n{_tail_file(args.log_file)}", file=sys.stderr
-        )
+        print(f"Gordo server exited with {code}; {args.log_file}:\n{_tail_file(args.log_file)}", file=sys.stderr)
         return 1
     except _Stop:
         return 0
@@ -552,25 +548,15 @@ def _serve_foreground(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; see the module docstring."""
     parser = argparse.ArgumentParser(prog="python -m latigo.demo.gordo", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--venv", type=Path, default=DEFAULT_VENV, help="Gordo virtualenv (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--root", type=Path, default=DEFAULT_ROOT, help="model collection root (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--revision", default=DEFAULT_REVISION, help="revision to build/serve (default: %(default)s)"
-    )
+    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="Gordo virtualenv (default: %(default)s)")
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="model collection root (default: %(default)s)")
+    parser.add_argument("--revision", default=DEFAULT_REVISION, help="revision to build/serve (default: %(default)s)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("setup", help="create the Gordo venv and build the demo models")
     build = commands.add_parser("build", help="build the demo models (creates the venv if needed)")
     build.add_argument("--force", action="store_true", help="rebuild models that are up to date")
-    run = commands.add_parser(
-        "serve", help="setup if needed, then serve in the foreground until Ctrl-C/SIGTERM"
-    )
-    run.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help="port on 127.0.0.1 (default: %(default)s)"
-    )
+    run = commands.add_parser("serve", help="setup if needed, then serve in the foreground until Ctrl-C/SIGTERM")
+    run.add_argument("--port", type=int, default=DEFAULT_PORT, help="port on 127.0.0.1 (default: %(default)s)")
     run.add_argument("--log-file", type=Path, default=DEFAULT_LOG, help="gunicorn log (default: %(default)s)")
     args = parser.parse_args(argv)
     try:

@@ -127,9 +127,7 @@ def signal(
     if with_anomalies and len(seconds):
         for anomaly in anomalies(tags, _second(seconds[0]), _second(seconds[-1] + 1)):
             _apply(anomaly, columns[anomaly.tag], seconds, ambient)
-    index = pd.DatetimeIndex((seconds * 1_000_000_000).astype("datetime64[ns]"), name="time").tz_localize(
-        "UTC"
-    )
+    index = pd.DatetimeIndex((seconds * 1_000_000_000).astype("datetime64[ns]"), name="time").tz_localize("UTC")
     return pd.DataFrame({tag: columns[tag] for tag in tags}, index=index, columns=list(tags))
 
 

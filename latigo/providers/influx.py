@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from itertools import islice
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -154,9 +155,10 @@ class InfluxHttp:
         Latigo errors."""
         url = self.url + path
         try:
-            with calls.deadline(self._limit), self._session.request(
-                method, url, timeout=self._timeout, **kwargs
-            ) as response:
+            with (
+                calls.deadline(self._limit),
+                self._session.request(method, url, timeout=self._timeout, **kwargs) as response,
+            ):
                 if response.status_code != WRITE_OK and not calls.framed(response.headers):
                     raise Unavailable(self.dependency, f"InfluxDB {url}: the answer broke off in its headers")
                 if response.status_code >= 500 or response.status_code in RETRYABLE_4XX:
@@ -164,9 +166,7 @@ class InfluxHttp:
                         self.dependency, f"InfluxDB {url}: HTTP {response.status_code}: {_error_text(response)}"
                     )
                 if response.status_code >= 400:
-                    raise PermanentError(
-                        f"InfluxDB {url}: HTTP {response.status_code}: {_error_text(response)}"
-                    )
+                    raise PermanentError(f"InfluxDB {url}: HTTP {response.status_code}: {_error_text(response)}")
                 yield response
         except calls.CallTimedOut as error:
             if error.task_expired:

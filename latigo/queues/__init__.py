@@ -9,9 +9,10 @@ and dead-letter policy live in the executor, so every backend behaves the same.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Sequence
+from typing import Any
 
 
 @dataclass(frozen=True)

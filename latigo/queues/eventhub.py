@@ -41,10 +41,11 @@ import queue
 import threading
 import uuid
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from time import monotonic
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from azure.eventhub import (
     CheckpointStore,
@@ -139,9 +140,7 @@ class SqlCheckpointStore(CheckpointStore):
         with db.translate_outage("the checkpoint store"), self._engine.connect() as connection:
             return [self._ownership(row) for row in connection.execute(query)]
 
-    def claim_ownership(
-        self, ownership_list: Iterable[dict[str, Any]], **kwargs: Any
-    ) -> list[dict[str, Any]]:
+    def claim_ownership(self, ownership_list: Iterable[dict[str, Any]], **kwargs: Any) -> list[dict[str, Any]]:
         claimed = []
         with db.translate_outage("the checkpoint store"), self._engine.begin() as connection:
             for wanted in ownership_list:
@@ -343,8 +342,7 @@ class EventHubQueue(TaskQueue):
                     except ValueError as error:  # full: send it, start the next
                         if len(batch) == 0:
                             raise PermanentError(
-                                f"event hubs: a message of {len(_body(event))} bytes "
-                                f"does not fit in a batch: {error}"
+                                f"event hubs: a message of {len(_body(event))} bytes does not fit in a batch: {error}"
                             ) from None
                         producer.send_batch(batch, timeout=SEND_TIMEOUT_S)
                         batch = producer.create_batch(partition_id=partition)
@@ -506,8 +504,7 @@ class EventHubQueue(TaskQueue):
         """Events after each partition's checkpoint, summed (events not yet retained excluded)."""
         producer = self._producer_ready()
         checkpoints = {
-            row["partition_id"]: row["sequence_number"]
-            for row in self.checkpoints.list_checkpoints(*self._scope)
+            row["partition_id"]: row["sequence_number"] for row in self.checkpoints.list_checkpoints(*self._scope)
         }
         total = 0
         try:

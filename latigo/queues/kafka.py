@@ -55,11 +55,12 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import timedelta
 from time import monotonic
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -295,9 +296,7 @@ class KafkaQueue(TaskQueue):
         """Settings for a ``producer``, ``consumer`` or ``admin`` client: our defaults, then the
         shared settings (``queue.options`` win over the defaults), then what the queue's
         semantics require; settings meant for the other kind of client are left out."""
-        foreign = {"producer": CONSUMER_ONLY, "consumer": PRODUCER_ONLY}.get(
-            kind, CONSUMER_ONLY | PRODUCER_ONLY
-        )
+        foreign = {"producer": CONSUMER_ONLY, "consumer": PRODUCER_ONLY}.get(kind, CONSUMER_ONLY | PRODUCER_ONLY)
         merged = {**defaults, **self._common, **(required or {})}
         config = {name: value for name, value in merged.items() if name not in foreign}
         return {**config, "error_cb": self._on_client_error, "logger": client_log}
@@ -434,9 +433,7 @@ class KafkaQueue(TaskQueue):
         """Produce every record, then wait (bounded) until the broker confirmed them all."""
         producer = self._producer_ready()
         deliveries = _Deliveries(len(records))
-        timeout_s = (
-            float(self._common.get("message.timeout.ms", PUBLISH_TIMEOUT_MS)) / 1000 + PUBLISH_MARGIN_S
-        )
+        timeout_s = float(self._common.get("message.timeout.ms", PUBLISH_TIMEOUT_MS)) / 1000 + PUBLISH_MARGIN_S
         deadline = monotonic() + timeout_s
         for body, key, marks in records:
             headers = None if marks is None else [(name, value.encode()) for name, value in marks.items()]
@@ -446,17 +443,12 @@ class KafkaQueue(TaskQueue):
             deliveries.complete.wait(0.01)  # another thread's flush may be running our callbacks
         if not deliveries.complete.is_set():
             raise TransientError(
-                f"kafka: {deliveries.pending} of {len(records)} messages not confirmed "
-                f"within {timeout_s:.0f}s"
+                f"kafka: {deliveries.pending} of {len(records)} messages not confirmed within {timeout_s:.0f}s"
             )
         if deliveries.errors:
-            raise translate(
-                deliveries.errors[0], f"{len(deliveries.errors)} of {len(records)} messages not published"
-            )
+            raise translate(deliveries.errors[0], f"{len(deliveries.errors)} of {len(records)} messages not published")
 
-    def _produce(
-        self, producer: Producer, body: bytes, key, headers, deliveries: _Deliveries, deadline: float
-    ) -> None:
+    def _produce(self, producer: Producer, body: bytes, key, headers, deliveries: _Deliveries, deadline: float) -> None:
         while True:
             try:
                 producer.produce(self._topic, value=body, key=key, headers=headers, on_delivery=deliveries)
@@ -593,9 +585,7 @@ class KafkaQueue(TaskQueue):
         for result in results or offsets:
             where = (result.topic, result.partition)
             if result.error is not None:
-                log.warning(
-                    "kafka: commit of %s failed, retried with the next one: %s", where, result.error.str()
-                )
+                log.warning("kafka: commit of %s failed, retried with the next one: %s", where, result.error.str())
             elif self._uncommitted.get(where) == result.offset:
                 del self._uncommitted[where]
 
@@ -605,9 +595,7 @@ class KafkaQueue(TaskQueue):
         for partition in partitions:
             self._tracker.assign((partition.topic, partition.partition))
         if partitions:  # a cooperative rebalance may assign nothing new
-            log.info(
-                "kafka: assigned partitions %s of %s", sorted(p.partition for p in partitions), self._topic
-            )
+            log.info("kafka: assigned partitions %s of %s", sorted(p.partition for p in partitions), self._topic)
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Commit what is acknowledged before another consumer takes over; forget the rest

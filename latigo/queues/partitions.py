@@ -22,9 +22,10 @@ import heapq
 import itertools
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Generic, Hashable, Iterable, TypeVar
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
 
 from latigo.queues import Message
 
@@ -58,7 +59,7 @@ def read_marks(pairs: Iterable[tuple[Any, Any]] | None) -> tuple[int, datetime |
         if name == DELIVERIES:
             deliveries = max(1, number)
         else:
-            not_before = datetime.fromtimestamp(number / 1000, timezone.utc)
+            not_before = datetime.fromtimestamp(number / 1000, UTC)
     return deliveries, not_before
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from time import monotonic
-from typing import Sequence
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
@@ -102,9 +102,7 @@ class SqlQueue(TaskQueue):
     def ack(self, message: Message) -> None:
         row_id, token = message.receipt
         with self._engine.begin() as connection:
-            connection.execute(
-                delete(task_queue).where(task_queue.c.id == row_id, task_queue.c.lease_token == token)
-            )
+            connection.execute(delete(task_queue).where(task_queue.c.id == row_id, task_queue.c.lease_token == token))
 
     def release(self, message: Message, delay: timedelta = timedelta(0)) -> None:
         row_id, token = message.receipt

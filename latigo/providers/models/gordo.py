@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from time import monotonic
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import quote
 
 import pandas as pd
@@ -29,8 +30,7 @@ from latigo.config import GordoConfig
 from latigo.errors import PermanentError, RevisionGone, TransientError, Unavailable
 from latigo.metrics import GORDO_CLIENT_SECONDS, GORDO_SERVER_SECONDS
 from latigo.outages import GORDO
-from latigo.providers.models import ModelExecutionProvider, ModelInformationProvider, ModelMetadata
-from latigo.providers.models import wire
+from latigo.providers.models import ModelExecutionProvider, ModelInformationProvider, ModelMetadata, wire
 
 # HTTP statuses worth retrying
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -216,9 +216,10 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
         try:
             with self._slots:
                 started = monotonic()
-                with calls.deadline(self._call_limit), self._session.request(
-                    method, url, timeout=self._timeout, stream=True, **kwargs
-                ) as response:
+                with (
+                    calls.deadline(self._call_limit),
+                    self._session.request(method, url, timeout=self._timeout, stream=True, **kwargs) as response,
+                ):
                     body = response.raw.read(decode_content=True)
         except calls.CallTimedOut as error:
             if error.task_expired:
@@ -255,7 +256,9 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
     def _json(self, path: str, what: str, **params: str) -> dict[str, Any]:
         answer = self._call("GET", path, what, params=params or None)
         if "json" not in answer.content_type:
-            raise PermanentError(f"{what}: expected JSON, got {answer.content_type or 'no content type'}: {answer.quote()}")
+            raise PermanentError(
+                f"{what}: expected JSON, got {answer.content_type or 'no content type'}: {answer.quote()}"
+            )
         try:
             document = json.loads(answer.body)
         except ValueError:
@@ -307,9 +310,7 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
         assert frame is not None
         return frame
 
-    def _predict(
-        self, metadata: ModelMetadata, endpoint: str, X: pd.DataFrame, y: pd.DataFrame
-    ) -> pd.DataFrame | None:
+    def _predict(self, metadata: ModelMetadata, endpoint: str, X: pd.DataFrame, y: pd.DataFrame) -> pd.DataFrame | None:
         """Gordo's answer, or None when the anomaly endpoint says the model has no anomaly part."""
         what = f"{metadata.project}/{metadata.model}@{metadata.revision}: {endpoint}"
         anomaly = endpoint.startswith("anomaly")
@@ -338,9 +339,10 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
     def probe(self) -> None:
         """Gordo's /healthcheck answers 200: the server as a whole is up."""
         try:
-            with calls.deadline(self._call_limit), self._session.get(
-                f"{self._base}/healthcheck", timeout=self._timeout
-            ) as response:
+            with (
+                calls.deadline(self._call_limit),
+                self._session.get(f"{self._base}/healthcheck", timeout=self._timeout) as response,
+            ):
                 status = response.status_code
         except (requests.RequestException, calls.CallTimedOut) as error:
             raise Unavailable(GORDO, f"Gordo at {self._base}: {error.__class__.__name__}") from None

@@ -34,8 +34,12 @@ from latigo.providers.models import ModelMetadata
 PREDICTION_GROUPS = ("model-input", "model-output")
 # the groups its /anomaly/prediction endpoint adds for every anomaly model (thresholds add
 # anomaly-confidence and total-anomaly-confidence, all_columns the smooth-* ones)
-ANOMALY_GROUPS = PREDICTION_GROUPS + (
-    "tag-anomaly-scaled", "tag-anomaly-unscaled", "total-anomaly-scaled", "total-anomaly-unscaled",
+ANOMALY_GROUPS = (
+    *PREDICTION_GROUPS,
+    "tag-anomaly-scaled",
+    "tag-anomaly-unscaled",
+    "total-anomaly-scaled",
+    "total-anomaly-unscaled",
 )
 # frames with at most this many rows are sent as JSON, longer ones as parquet (the crossover
 # measured against Gordo 6.0.4: see the module docstring)
@@ -161,4 +165,6 @@ def check_answer(answer: pd.DataFrame, metadata: ModelMetadata, asked: pd.Dateti
     outside = ~np.isin(times, epoch_ns(asked))
     if outside.any():
         first = answer.index[np.flatnonzero(outside)[0]]
-        raise PermanentError(f"the answer has {int(outside.sum())} rows at times not asked for, first {first.isoformat()}")
+        raise PermanentError(
+            f"the answer has {int(outside.sum())} rows at times not asked for, first {first.isoformat()}"
+        )

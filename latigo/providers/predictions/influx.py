@@ -34,6 +34,7 @@ import pandas as pd
 from latigo.config import InfluxPredictionsConfig
 from latigo.errors import PermanentError
 from latigo.frames import check_inside, epoch_ns, output_series
+from latigo.outages import PREDICTION_STORE
 from latigo.providers.influx import (
     InfluxHttp,
     escape_key,
@@ -45,7 +46,6 @@ from latigo.providers.influx import (
     rfc3339,
     time_suffixes,
 )
-from latigo.outages import PREDICTION_STORE
 from latigo.providers.predictions import PredictionStorageProvider
 from latigo.window import Window
 
@@ -58,9 +58,18 @@ VALUE_FIELD = "sensor_value"
 # every output group Gordo answers (anomaly, thresholds, all_columns): the measurements a
 # store clears in its span, so a group the new run lacks leaves no stale points either
 OUTPUT_MEASUREMENTS = (
-    "model-input", "model-output", "tag-anomaly-scaled", "tag-anomaly-unscaled", "total-anomaly-scaled",
-    "total-anomaly-unscaled", "anomaly-confidence", "total-anomaly-confidence", "smooth-tag-anomaly-scaled",
-    "smooth-tag-anomaly-unscaled", "smooth-total-anomaly-scaled", "smooth-total-anomaly-unscaled",
+    "model-input",
+    "model-output",
+    "tag-anomaly-scaled",
+    "tag-anomaly-unscaled",
+    "total-anomaly-scaled",
+    "total-anomaly-unscaled",
+    "anomaly-confidence",
+    "total-anomaly-confidence",
+    "smooth-tag-anomaly-scaled",
+    "smooth-tag-anomaly-unscaled",
+    "smooth-total-anomaly-scaled",
+    "smooth-total-anomaly-unscaled",
 )
 
 
@@ -85,7 +94,9 @@ class InfluxPredictions(PredictionStorageProvider):
     def store(self, project: str, model: str, revision: str, span: Window, predictions: pd.DataFrame) -> int:
         """Replace the model's points in ``span`` by every finite value of ``predictions``;
         return how many were written."""
-        if not predictions.empty and (not isinstance(predictions.index, pd.DatetimeIndex) or predictions.index.tz is None):
+        if not predictions.empty and (
+            not isinstance(predictions.index, pd.DatetimeIndex) or predictions.index.tz is None
+        ):
             raise PermanentError(f"predictions of {project}/{model} need a UTC DatetimeIndex")
         check_inside(predictions, span)
         common = {MACHINE_TAG: model, **self._config.extra_tags}
@@ -128,8 +139,5 @@ def _series_key(measurement: str, tags: dict[str, str]) -> str:
     """``measurement,key=value,...`` with tags sorted by key (InfluxDB's own order, its fast
     path) and empty values left out (a tag cannot be empty; gordo-client drops them too)."""
     parts = [escape_measurement(measurement)]
-    parts.extend(
-        f"{escape_key(key, 'tag key')}={escape_key(value)}" for key, value in sorted(tags.items()) if value
-    )
+    parts.extend(f"{escape_key(key, 'tag key')}={escape_key(value)}" for key, value in sorted(tags.items()) if value)
     return ",".join(parts)
-

@@ -9,15 +9,15 @@ for the HTTP client and the quoting).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from latigo import frames
 from latigo.config import InfluxSensorsConfig
 from latigo.errors import PermanentError
-from latigo import frames
 from latigo.frames import epoch_ns
 from latigo.outages import SENSOR_STORE
 from latigo.providers.influx import (

@@ -3,8 +3,8 @@ embedded default, fed by the demo and by anyone who can write rows."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
