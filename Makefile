@@ -13,7 +13,7 @@ APT_PACKAGES := postgresql influxdb docker-compose chromium fonts-dejavu-core
 # wheels) are installed, apart from Latigo's venv
 TOOLS := .tools
 
-.PHONY: help setup gordo gordo-full run test test-deps code-quality show-env rebuild-req bench build up down clean
+.PHONY: help setup gordo gordo-full run test test-deps code-quality show-env rebuild-req bench soak build up down clean
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -50,6 +50,10 @@ test-deps: setup ## system packages the tests need (apt, as root) and the deploy
 
 test: test-deps gordo gordo-full ## the test suite, against real Gordo, PostgreSQL, InfluxDB and supervisord
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+soak: test-deps gordo ## each dependency down 10 minutes at the default settings (about 50 minutes)
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" LATIGO_OUTAGE_S=600 LATIGO_OUTAGE_DEFAULTS=1 \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_dependency_outages.py
 
 code-quality: setup ## compile every module (a syntax or import error fails)
 	$(BIN)/python -m compileall -q latigo tests bench

@@ -6,6 +6,11 @@ queue), InfluxDB (the sensor or the prediction store) and the real Gordo behind 
 proxy. The retry budget is made tiny (2 attempts, backoff under a second), so a failure
 counted against a task during the 20-second outage would dead-letter it at once: only a
 paused executor gets every window done with no operator action.
+
+``make soak`` runs the same test as the issue's target states it: each dependency down for
+10 minutes (``LATIGO_OUTAGE_S``), at the default executor settings (``LATIGO_OUTAGE_DEFAULTS=1``:
+5 attempts, 2 s to 5 min backoff, the default timeouts and lease). It takes about 50 minutes,
+so CI runs the short form; bench/README.md records the last soak.
 """
 
 from __future__ import annotations
@@ -35,13 +40,16 @@ from tests.test_outages import influx_stopped, ledger_counts, tail, wait_for
 pytestmark = pytest.mark.integration
 
 # how long each dependency is down: many times the retry budget below
-OUTAGE_S = 20
+OUTAGE_S = float(os.environ.get("LATIGO_OUTAGE_S", "20"))
+# whether the executor runs at its default retry budget, timeouts and lease (the soak)
+AT_DEFAULTS = os.environ.get("LATIGO_OUTAGE_DEFAULTS") == "1"
 # history the scheduler plans at its first tick: 13 windows of 30 minutes per model
 BACKFILL = timedelta(hours=6)
 INTERVAL = timedelta(minutes=30)
 # how long the service may take to start predicting, and to finish after the outage
 START_DEADLINE_S = 60
-FINISH_DEADLINE_S = 120
+# (at the defaults a task whose ack was lost with the database comes back after the 15-minute lease)
+FINISH_DEADLINE_S = 20 * 60 if AT_DEFAULTS else 120
 # how long the proxy holds each prediction: tasks are in flight when the outage begins
 SLOW_S = 0.5
 STOP_DEADLINE_S = 60
@@ -56,19 +64,25 @@ LAYOUTS = {
 
 def write_config(path: Path, database_url: str, gordo_url: str, influx_url: str, influx_db: str,
                  sensors: str, predictions: str) -> Path:
-    influx = f"url: '{influx_url}', database: '{influx_db}', connect_timeout: 2, read_timeout: 5"
+    timeouts = "" if AT_DEFAULTS else ", connect_timeout: 2, read_timeout: 5"
+    influx = f"url: '{influx_url}', database: '{influx_db}'{timeouts}"
+    executor = (
+        "executor: {concurrency: 2}\n" if AT_DEFAULTS else
+        # a retry budget far shorter than the outage: counted failures would dead-letter
+        "executor: {concurrency: 2, max_attempts: 2, retry_base: 0.2s, retry_max: 0.5s, task_deadline: 15s, "
+        "shutdown_grace: 10s}\n"
+    )
+    queue = "queue: {type: sql, poll_interval: 0.2s}\n" if AT_DEFAULTS else "queue: {type: sql, lease: 20s, poll_interval: 0.2s}\n"
     path.write_text(
         f"database: {{url: '{database_url}'}}\n"
-        f"models: {{base_url: '{gordo_url}', projects: [demo], connect_timeout: 2, read_timeout: 5}}\n"
+        f"models: {{base_url: '{gordo_url}', projects: [demo]{timeouts}}}\n"
         + (f"sensors: {{type: influx, {influx}}}\n" if sensors == "influx" else "sensors: {type: sql}\n")
         + (f"predictions: {{type: influx, {influx}}}\n" if predictions == "influx" else "predictions: {type: sql}\n")
         + f"schedule: {{interval: 30m, initial_backfill: {int(BACKFILL.total_seconds())}s, max_task_span: 30m, "
         "tick: 1s, backlog_limit: 10}\n"
-        "queue: {type: sql, lease: 20s, poll_interval: 0.2s}\n"
-        # a retry budget far shorter than the outage: counted failures would dead-letter
-        "executor: {concurrency: 2, max_attempts: 2, retry_base: 0.2s, retry_max: 0.5s, task_deadline: 15s, "
-        "shutdown_grace: 10s}\n"
-        "metrics: {port: 0}\n"
+        + queue
+        + executor
+        + "metrics: {port: 0}\n"
     )
     return path
 
