@@ -8,7 +8,7 @@ counted against a task during the 20-second outage would dead-letter it at once:
 paused executor gets every window done with no operator action.
 
 ``make soak`` runs the same test as the issue's target states it: each dependency down for
-10 minutes (``LATIGO_OUTAGE_S``), at the default executor settings (``LATIGO_OUTAGE_DEFAULTS=1``:
+10 minutes (``SOAK_OUTAGE_S``), at the default executor settings (``SOAK_AT_DEFAULTS=1``:
 5 attempts, 2 s to 5 min backoff, the default timeouts and lease). It takes about 50 minutes,
 so CI runs the short form; bench/README.md records the last soak.
 """
@@ -40,9 +40,9 @@ from tests.test_outages import influx_stopped, ledger_counts, tail, wait_for
 pytestmark = pytest.mark.integration
 
 # how long each dependency is down: many times the retry budget below
-OUTAGE_S = float(os.environ.get("LATIGO_OUTAGE_S", "20"))
+OUTAGE_S = float(os.environ.get("SOAK_OUTAGE_S", "20"))
 # whether the executor runs at its default retry budget, timeouts and lease (the soak)
-AT_DEFAULTS = os.environ.get("LATIGO_OUTAGE_DEFAULTS") == "1"
+AT_DEFAULTS = os.environ.get("SOAK_AT_DEFAULTS") == "1"
 # history the scheduler plans at its first tick: 13 windows of 30 minutes per model
 BACKFILL = timedelta(hours=6)
 INTERVAL = timedelta(minutes=30)
