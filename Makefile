@@ -53,7 +53,7 @@ test: test-deps gordo gordo-full ## the test suite, against real Gordo, PostgreS
 
 soak: test-deps gordo ## each dependency down 10 minutes at the default settings (about 50 minutes)
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" SOAK_OUTAGE_S=600 SOAK_AT_DEFAULTS=1 \
-		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_dependency_outages.py
+		$(BIN)/python -m pytest -q -p no:cacheprovider --timeout 2400 tests/test_dependency_outages.py
 
 code-quality: setup ## compile every module (a syntax or import error fails)
 	$(BIN)/python -m compileall -q latigo tests bench
