@@ -119,7 +119,7 @@ def replay(
         except MalformedTask:
             (report.dropped if drop_malformed else report.malformed).append(letter_id)
             continue
-        tasks.append((letter_id, task.model_copy(update={"attempt": 1, "id": uuid.uuid4()})))
+        tasks.append((letter_id, task.model_copy(update={"id": uuid.uuid4()})))
     if tasks:
         queue.publish([task.to_json() for _, task in tasks], [task.key for _, task in tasks])
         ledger.requeue([task for _, task in tasks])

@@ -11,6 +11,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -35,8 +36,16 @@ class Task(BaseModel):
     revision: str = Field(pattern=r"^[0-9]+$", max_length=40)
     start: AwareDatetime
     end: AwareDatetime
-    attempt: int = Field(1, ge=1)
     created: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_attempt(cls, data: Any) -> Any:
+        # earlier releases wrote an ``attempt`` counter (the ledger counts attempts now):
+        # their messages still in a queue are tasks, not malformed ones
+        if isinstance(data, dict) and "attempt" in data:
+            return {key: value for key, value in data.items() if key != "attempt"}
+        return data
 
     @field_validator("version")
     @classmethod
@@ -88,11 +97,8 @@ class Task(BaseModel):
             quoted = raw[:_QUOTE_LIMIT] if isinstance(raw, str) else raw[:_QUOTE_LIMIT].decode("utf-8", "replace")
             raise MalformedTask(f"malformed task ({problems}): {quoted!r}") from None
 
-    def retry(self) -> Task:
-        return self.model_copy(update={"attempt": self.attempt + 1})
-
     def at_revision(self, revision: str) -> Task:
-        return self.model_copy(update={"revision": revision, "attempt": 1, "id": uuid.uuid4()})
+        return self.model_copy(update={"revision": revision, "id": uuid.uuid4()})
 
 
 @dataclass(frozen=True)

@@ -57,10 +57,6 @@ class Grid:
     def is_aligned(self, moment: datetime) -> bool:
         return self.floor(moment) == utc(moment)
 
-    def window_at(self, moment: datetime) -> Window:
-        start = self.floor(moment)
-        return Window(start, start + self.interval)
-
     def last_due_end(self, now: datetime, delay: timedelta) -> datetime:
         """End of the newest window that is due: a window is due once ``now >= end + delay``."""
         return self.floor(utc(now) - delay)
@@ -77,23 +73,35 @@ class Grid:
         first, last = self.ceil(start), self.floor(end)
         return max(0, (last - first) // self.interval)
 
-    def coalesce(self, starts: Iterable[datetime], max_span: timedelta) -> list[Window]:
-        """Merge windows (given by their starts) into runs of consecutive windows, each at
-        most ``max_span`` long, so one Gordo call can cover many windows."""
-        per_run = max(1, max_span // self.interval)
-        runs: list[Window] = []
+    def per_run(self, max_span: timedelta) -> int:
+        """How many windows one run (one task) holds at most: at least one, however short
+        ``max_span`` is."""
+        return max(1, max_span // self.interval)
+
+    def coalesce(self, starts: Iterable[datetime], max_span: timedelta) -> Iterator[Window]:
+        """Merge windows (given by their starts, oldest first) into runs of consecutive
+        windows, each at most ``max_span`` long, so one Gordo call can cover many windows.
+
+        A generator, so that counting the runs of a long range (``latigo backfill``) holds
+        one run at a time; a repeated start is skipped, one out of order raises ValueError."""
+        per_run = self.per_run(max_span)
+        interval, anchor = self.interval, self.anchor
         run_start: datetime | None = None
-        run_end: datetime | None = None
+        run_end = previous = None
         length = 0
-        for start in sorted(set(map(utc, starts))):
-            if not self.is_aligned(start):
+        for start in starts:
+            if previous is not None and start <= previous:
+                if start == previous:
+                    continue
+                raise ValueError(f"{start.isoformat()} comes after {previous.isoformat()}: give starts oldest first")
+            if (start - anchor) % interval:
                 raise ValueError(f"{start.isoformat()} is not on the grid")
+            previous = start
             if run_end == start and length < per_run:
-                run_end, length = start + self.interval, length + 1
+                run_end, length = start + interval, length + 1
                 continue
             if run_start is not None and run_end is not None:
-                runs.append(Window(run_start, run_end))
-            run_start, run_end, length = start, start + self.interval, 1
+                yield Window(run_start, run_end)
+            run_start, run_end, length = start, start + interval, 1
         if run_start is not None and run_end is not None:
-            runs.append(Window(run_start, run_end))
-        return runs
+            yield Window(run_start, run_end)

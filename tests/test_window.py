@@ -1,5 +1,6 @@
 """Window arithmetic: alignment, no gaps, no overlaps, for any interval and delay."""
 
+import itertools
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -21,7 +22,8 @@ delays = st.integers(min_value=0, max_value=3 * 24 * 3600).map(lambda seconds: t
 
 def test_default_grid_is_aligned_to_the_clock():
     grid = Grid(timedelta(minutes=30))
-    assert grid.window_at(datetime(2026, 3, 1, 10, 47, 13, tzinfo=UTC)) == Window(
+    moment = datetime(2026, 3, 1, 10, 47, 13, tzinfo=UTC)
+    assert (grid.floor(moment), grid.ceil(moment)) == (
         datetime(2026, 3, 1, 10, 30, tzinfo=UTC), datetime(2026, 3, 1, 11, 0, tzinfo=UTC)
     )
 
@@ -49,7 +51,7 @@ def test_floor_is_aligned_and_at_most_one_interval_back(interval, anchor, moment
     floor = grid.floor(moment)
     assert grid.is_aligned(floor)
     assert floor <= moment < floor + interval
-    assert moment in grid.window_at(moment)
+    assert moment in Window(floor, floor + interval)
 
 
 @given(intervals, anchors, moments, st.integers(min_value=0, max_value=500))
@@ -87,8 +89,8 @@ def test_the_last_due_window_is_due_and_the_next_is_not(interval, anchor, now, d
 )
 def test_coalescing_covers_each_window_exactly_once(interval, offsets, per_run):
     grid = Grid(interval, T0)
-    starts = [T0 + interval * offset for offset in offsets]
-    runs = grid.coalesce(starts, interval * per_run)
+    starts = [T0 + interval * offset for offset in sorted(offsets)]  # oldest first, repeats kept
+    runs = list(grid.coalesce(starts, interval * per_run))
     covered = [window.start for run in runs for window in grid.windows(run.start, run.end)]
     assert sorted(covered) == sorted(set(starts))
     for run in runs:
@@ -100,7 +102,7 @@ def test_coalescing_covers_each_window_exactly_once(interval, offsets, per_run):
 def test_coalescing_splits_runs_at_gaps_and_at_the_span():
     grid = Grid(timedelta(minutes=30), T0)
     starts = [T0 + timedelta(minutes=30) * k for k in (0, 1, 2, 3, 4, 7)]
-    assert grid.coalesce(starts, timedelta(hours=1)) == [
+    assert list(grid.coalesce(starts, timedelta(hours=1))) == [
         Window(T0, T0 + timedelta(hours=1)),
         Window(T0 + timedelta(hours=1), T0 + timedelta(hours=2)),
         Window(T0 + timedelta(hours=2), T0 + timedelta(hours=2, minutes=30)),
@@ -110,7 +112,26 @@ def test_coalescing_splits_runs_at_gaps_and_at_the_span():
 
 def test_coalescing_refuses_starts_off_the_grid():
     with pytest.raises(ValueError, match="not on the grid"):
-        Grid(timedelta(minutes=30), T0).coalesce([T0 + timedelta(minutes=1)], timedelta(hours=1))
+        list(Grid(timedelta(minutes=30), T0).coalesce([T0 + timedelta(minutes=1)], timedelta(hours=1)))
+
+
+def test_coalescing_refuses_starts_out_of_order():
+    later, earlier = T0 + timedelta(hours=1), T0
+    with pytest.raises(ValueError, match="oldest first"):
+        list(Grid(timedelta(minutes=30), T0).coalesce([later, earlier], timedelta(hours=1)))
+
+
+def test_coalescing_is_lazy():
+    """Counting the runs of an endless stream of windows takes the first ones only."""
+    grid = Grid(timedelta(minutes=30), T0)
+    endless = (T0 + grid.interval * k for k in itertools.count())
+    first, second = itertools.islice(grid.coalesce(endless, timedelta(hours=1)), 2)
+    assert (first, second) == (Window(T0, T0 + timedelta(hours=1)), Window(T0 + timedelta(hours=1), T0 + timedelta(hours=2)))
+
+
+def test_a_run_holds_at_least_one_window():
+    grid = Grid(timedelta(minutes=30), T0)
+    assert (grid.per_run(timedelta(minutes=1)), grid.per_run(timedelta(hours=2))) == (1, 4)
 
 
 def test_empty_windows_are_refused():
