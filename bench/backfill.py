@@ -58,6 +58,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import _services as services
+from latigo import readmodel
 from latigo.components import build
 from latigo.config import Config, dump_config, parse_duration
 from latigo.demo import gordo
@@ -352,7 +353,7 @@ def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float
 
 def state_totals(parts) -> dict[str, int]:
     totals: dict[str, int] = {}
-    for counts in parts.ledger.counts().values():
+    for counts in readmodel.state_counts(parts.engine).values():
         for state, count in counts.items():
             totals[state] = totals.get(state, 0) + count
     return totals

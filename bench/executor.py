@@ -73,7 +73,7 @@ import pandas as pd
 import requests
 
 from bench import _services as services
-from latigo import frames
+from latigo import frames, readmodel
 from latigo.components import Components, build
 from latigo.config import Config, dump_config
 from latigo.demo.feeder import feed
@@ -217,7 +217,7 @@ def publish(parts: Components, windows: int) -> None:
 
 def unfinished(parts: Components) -> tuple[int, dict[str, int]]:
     totals: dict[str, int] = {}
-    for counts in parts.ledger.counts().values():
+    for counts in readmodel.state_counts(parts.engine).values():
         for state, count in counts.items():
             totals[state] = totals.get(state, 0) + count
     return sum(count for state, count in totals.items() if State(state) not in FINISHED), totals

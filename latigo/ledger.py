@@ -329,17 +329,6 @@ class Ledger:
                     .values(state=State.DEAD, last_error=_text(error), stored_rows=None, updated_at=self._clock())
                 )
 
-    def counts(self) -> dict[tuple[str, str], dict[str, int]]:
-        """Windows per state, per model."""
-        query = select(ledger.c.project, ledger.c.model, ledger.c.state, func.count()).group_by(
-            ledger.c.project, ledger.c.model, ledger.c.state
-        )
-        result: dict[tuple[str, str], dict[str, int]] = {}
-        with self._engine.connect() as connection:
-            for project, model, state, count in connection.execute(query):
-                result.setdefault((project, model), {})[state] = count
-        return result
-
     def states(self, project: str, model: str, start: datetime, end: datetime) -> dict[datetime, State]:
         """The state of every window of one model recorded with a start in ``[start, end)``."""
         query = select(ledger.c.window_start, ledger.c.state).where(
@@ -385,16 +374,3 @@ class Ledger:
         )
         with self._engine.begin() as connection:
             return connection.execute(statement).rowcount
-
-    def window_counts(self, project: str, start: datetime, end: datetime) -> dict[str, dict[State, int]]:
-        """Windows per state, per model of one project, of the windows starting in ``[start, end)``."""
-        query = (
-            select(ledger.c.model, ledger.c.state, func.count())
-            .where(ledger.c.project == project, ledger.c.window_start >= start, ledger.c.window_start < end)
-            .group_by(ledger.c.model, ledger.c.state)
-        )
-        result: dict[str, dict[State, int]] = {}
-        with self._engine.connect() as connection:
-            for model, state, count in connection.execute(query):
-                result.setdefault(model, {})[State(state)] = count
-        return result

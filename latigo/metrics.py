@@ -13,10 +13,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from time import monotonic
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
+from sqlalchemy import Engine
+
+from latigo import readmodel
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,13 @@ def observe_lags(lags: Iterable[tuple[str, str, float]]) -> None:
     MODEL_LAG.clear()
     for project, model, seconds in lags:
         MODEL_LAG.labels(project, model).set(seconds)
+
+
+def observe_ledger(engine: Engine, now: datetime, since: datetime) -> None:
+    """The whole service's dead letters and lags, from the read model: the leader's to
+    measure (every scheduler would report the same numbers)."""
+    DEAD_LETTERS.set(readmodel.dead_letter_count(engine))
+    observe_lags(readmodel.lags(engine, now, since))
 
 
 class _Quiet(WSGIRequestHandler):

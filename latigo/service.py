@@ -21,7 +21,7 @@ from time import monotonic
 
 import sqlalchemy.exc
 
-from latigo import metrics, status
+from latigo import metrics
 from latigo.components import Components, build
 from latigo.config import Config
 from latigo.executor import Executor
@@ -126,8 +126,7 @@ def run_scheduler(parts: Components, *, once: bool = False) -> int:
         if not report.leader:
             return
         metrics.QUEUE_DEPTH.set(parts.queue.depth())
-        metrics.DEAD_LETTERS.set(status.dead_letter_count(parts.engine))
-        metrics.observe_lags(status.lags(parts.engine, report.now, report.now - parts.config.schedule.catch_up))
+        metrics.observe_ledger(parts.engine, report.now, report.now - parts.config.schedule.catch_up)
 
     with stop_on_signals() as stop:
         scheduler.run(stop, after_tick=observe)

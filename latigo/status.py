@@ -1,5 +1,7 @@
 """What an operator asks first: per model, how many windows are in which state, how fresh
-its predictions are, and what failed. Read-only queries on the Latigo database."""
+its predictions are, and what failed, as ``latigo status`` prints it (a table or JSON).
+The ledger's answers come from the read model; the outages and the prediction store's
+checks are read here."""
 
 from __future__ import annotations
 
@@ -9,15 +11,32 @@ from datetime import datetime, timedelta
 import pandas as pd
 from sqlalchemy import Engine, func, select
 
-from latigo.ledger import State, partial
-from latigo.schema import dead_letters, dependency_outages, ledger, predictions
+from latigo import readmodel
+from latigo.ledger import State
+from latigo.readmodel import Failure, dead_letter_count, recent_failures
+from latigo.schema import dependency_outages, predictions
+
+# what the status command reads from here, though the read model answers it
+__all__ = [
+    "Failure",
+    "ModelStatus",
+    "Outage",
+    "current_outages",
+    "dead_letter_count",
+    "model_statuses",
+    "prediction_duplicates",
+    "recent_failures",
+    "recent_predictions",
+    "status_document",
+    "status_table",
+]
 
 
 @dataclass(frozen=True)
 class ModelStatus:
     project: str
     model: str
-    states: dict[str, int]
+    states: dict[State, int]
     newest_done_end: datetime | None
     last_error: str | None
     # windows between the model's first and newest planned one that were never planned:
@@ -27,59 +46,24 @@ class ModelStatus:
     partial: int = 0
 
     def lag(self, now: datetime) -> timedelta | None:
-        return None if self.newest_done_end is None else now - self.newest_done_end
+        return readmodel.lag(self.newest_done_end, now)
 
 
 def model_statuses(engine: Engine, interval: timedelta) -> list[ModelStatus]:
-    counts = select(ledger.c.project, ledger.c.model, ledger.c.state, func.count()).group_by(
-        ledger.c.project, ledger.c.model, ledger.c.state
-    )
-    newest = (
-        select(ledger.c.project, ledger.c.model, func.max(ledger.c.window_end))
-        .where(ledger.c.state == State.DONE)
-        .group_by(ledger.c.project, ledger.c.model)
-    )
-    errors = (
-        select(ledger.c.project, ledger.c.model, ledger.c.last_error)
-        .where(ledger.c.last_error.is_not(None))
-        .order_by(ledger.c.updated_at)
-    )
-    partials = (
-        select(ledger.c.project, ledger.c.model, func.count())
-        .where(partial())
-        .group_by(ledger.c.project, ledger.c.model)
-    )
-    extent = select(
-        ledger.c.project, ledger.c.model, func.min(ledger.c.window_start), func.max(ledger.c.window_start), func.count()
-    ).group_by(ledger.c.project, ledger.c.model)
-    states: dict[tuple[str, str], dict[str, int]] = {}
-    with engine.connect() as connection:
-        for project, model, state, count in connection.execute(counts):
-            states.setdefault((project, model), {})[state] = count
-        done = {(project, model): end for project, model, end in connection.execute(newest)}
-        last_error = {(project, model): error for project, model, error in connection.execute(errors)}
-        partial_windows = {(project, model): count for project, model, count in connection.execute(partials)}
-        missing = {
-            (project, model): (last - first) // interval + 1 - count
-            for project, model, first, last, count in connection.execute(extent)
-        }
+    """Every model's whole ledger, counted (one grouped query), with its last error."""
+    errors = readmodel.last_errors(engine)
     return [
         ModelStatus(
-            project,
-            model,
-            counts,
-            done.get((project, model)),
-            last_error.get((project, model)),
-            missing.get((project, model), 0),
-            partial_windows.get((project, model), 0),
+            tally.project,
+            tally.model,
+            tally.states,
+            tally.newest_done,
+            errors.get((tally.project, tally.model)),
+            tally.missing(interval),
+            tally.partial,
         )
-        for (project, model), counts in sorted(states.items())
+        for tally in sorted(readmodel.tallies(engine), key=lambda tally: (tally.project, tally.model))
     ]
-
-
-def dead_letter_count(engine: Engine) -> int:
-    with engine.connect() as connection:
-        return connection.execute(select(func.count()).select_from(dead_letters)).scalar_one()
 
 
 def status_table(statuses: list[ModelStatus], now: datetime) -> pd.DataFrame:
@@ -93,7 +77,7 @@ def status_table(statuses: list[ModelStatus], now: datetime) -> pd.DataFrame:
                 "partial": status.partial,
                 "missing": status.missing,
                 "newest done": status.newest_done_end.strftime("%Y-%m-%d %H:%M") if status.newest_done_end else "-",
-                "lag": str(lag).split(".")[0] if lag is not None else "-",
+                "lag": readmodel.format_lag(lag),
             }
         )
     return pd.DataFrame(rows)
@@ -124,49 +108,6 @@ def prediction_duplicates(engine: Engine) -> int:
     query = select(func.count()).select_from(select(*key).group_by(*key).having(func.count() > 1).subquery())
     with engine.connect() as connection:
         return connection.execute(query).scalar_one()
-
-
-def lags(engine: Engine, now: datetime, since: datetime) -> list[tuple[str, str, float]]:
-    """Seconds since the end of each model's newest done window, for models with a done
-    window ending after ``since`` (the recent part of the ledger, so the query stays cheap)."""
-    query = (
-        select(ledger.c.project, ledger.c.model, func.max(ledger.c.window_end))
-        .where(ledger.c.state == State.DONE, ledger.c.window_end >= since)
-        .group_by(ledger.c.project, ledger.c.model)
-    )
-    with engine.connect() as connection:
-        return [(project, model, (now - end).total_seconds()) for project, model, end in connection.execute(query)]
-
-
-@dataclass(frozen=True)
-class Failure:
-    project: str
-    model: str
-    window_start: datetime
-    state: str
-    attempts: int
-    error: str
-    updated_at: datetime
-
-
-def recent_failures(engine: Engine, limit: int = 10) -> list[Failure]:
-    """The windows that failed or died most recently, with their last error."""
-    query = (
-        select(
-            ledger.c.project,
-            ledger.c.model,
-            ledger.c.window_start,
-            ledger.c.state,
-            ledger.c.attempts,
-            ledger.c.last_error,
-            ledger.c.updated_at,
-        )
-        .where(ledger.c.state.in_([State.FAILED, State.DEAD]))
-        .order_by(ledger.c.updated_at.desc())
-        .limit(limit)
-    )
-    with engine.connect() as connection:
-        return [Failure(*row[:5], row.last_error or "", row.updated_at) for row in connection.execute(query)]
 
 
 def status_document(
