@@ -15,12 +15,13 @@ however long the range and however many models.
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 
+from latigo import readmodel
 from latigo.clock import Clock, system_clock
 from latigo.ledger import Ledger, PlannedWindow, State
 from latigo.providers.models import ModelInformationProvider
@@ -379,12 +380,7 @@ class Backfill:
         names: dict[str, set[str]] = defaultdict(set)
         for model in summary.models:
             names[model.project].add(model.model)
-        totals: Counter[State] = Counter()
-        for project, models in names.items():
-            for model, counts in self._ledger.window_counts(project, summary.start, summary.end).items():
-                if model in models:
-                    totals.update(counts)
-        return dict(totals)
+        return readmodel.window_states(self._ledger.engine, names, summary.start, summary.end)
 
     def outstanding(self, summary: BackfillSummary) -> int:
         """How many of the backfill's windows are planned, queued or failed."""
