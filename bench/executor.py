@@ -68,6 +68,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from statistics import mean
+from typing import Any
 
 import pandas as pd
 import requests
@@ -226,8 +227,8 @@ def unfinished(parts: Components) -> tuple[int, dict[str, int]]:
 class TimedExecutor(Executor):
     """Latigo's executor, timing each task from taking the message to its acknowledgement."""
 
-    def __init__(self, parts: Components) -> None:
-        super().__init__(parts)
+    def __init__(self, **parts: Any) -> None:
+        super().__init__(**parts)
         self.durations: list[float] = []
         self.last_end = 0.0
 
@@ -254,7 +255,7 @@ def run_in_process(
     gordo_concurrency = args.gordo_concurrency if gordo_concurrency is None else gordo_concurrency
     parts, feed_seconds = prepare(url, gordo_url, args, concurrency, gordo_concurrency)
     try:
-        executor = TimedExecutor(parts)
+        executor = TimedExecutor.from_components(parts)
         publish(parts, args.windows)
         before = services.registry_samples()
         reset = services.reset_peak_rss()

@@ -20,13 +20,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from latigo import readmodel
 from latigo.clock import Clock, system_clock
+from latigo.discovery import Discovery, Model
 from latigo.ledger import Ledger, PlannedWindow, State
 from latigo.providers.models import ModelInformationProvider
-from latigo.scheduler import Model
 from latigo.window import Grid, Window, utc
+
+if TYPE_CHECKING:
+    from latigo.components import Components
 
 # windows per ledger statement: bounds memory and statement size whatever the range
 CHUNK_WINDOWS = 10_000
@@ -140,27 +144,6 @@ def select_windows(mode: Mode, starts: Iterable[datetime], states: Mapping[datet
     return selection
 
 
-class TaskCounter:
-    """Counts the tasks a model's windows make once coalesced into runs of consecutive
-    windows at most ``max_span`` long, as ``Grid.coalesce`` cuts them, without holding the
-    windows. Feed it window starts oldest first."""
-
-    def __init__(self, grid: Grid, max_span: timedelta) -> None:
-        self._interval = grid.interval
-        self._per_run = max(1, max_span // grid.interval)
-        self._next: datetime | None = None  # the start that would extend the current run
-        self._length = 0
-        self.tasks = 0
-
-    def add(self, start: datetime) -> None:
-        if start == self._next and self._length < self._per_run:
-            self._length += 1
-        else:
-            self.tasks += 1
-            self._length = 1
-        self._next = start + self._interval
-
-
 @dataclass
 class ModelSummary:
     """What a backfill did (or, dry, would do) to one model's windows."""
@@ -265,14 +248,14 @@ class Backfill:
         delay: timedelta = timedelta(0),
     ) -> None:
         self._ledger = ledger
-        self._model_info = model_info
+        self._discovery = Discovery(model_info)
         self._grid = grid
         self._clock = clock
         self._max_task_span = max_task_span
         self._delay = delay
 
     @classmethod
-    def from_components(cls, parts) -> Backfill:
+    def from_components(cls, parts: Components) -> Backfill:
         schedule = parts.config.schedule
         return cls(
             parts.ledger,
@@ -287,11 +270,7 @@ class Backfill:
         """The models of the projects at each project's latest revision, only those named
         if ``names`` are given; a name no project serves raises UnknownModels. A Gordo that
         cannot be asked raises its LatigoError: nothing is planned half."""
-        found: list[Model] = []
-        for project in projects:
-            revision = self._model_info.latest_revision(project)
-            names_served = self._model_info.models(project, revision)
-            found.extend(Model(project, name, revision) for name in names_served)
+        found = [model for project in projects for model in self._discovery.built(project).models()]
         if not names:
             return found
         unknown = sorted(set(names) - {model.name for model in found})
@@ -341,7 +320,21 @@ class Backfill:
         self, model: Model, summary: BackfillSummary, progress: Callable[[int], None] | None
     ) -> ModelSummary:
         result = ModelSummary(model.project, model.name, model.revision)
-        counter = TaskCounter(self._grid, self._max_task_span)
+        # counted as the scheduler will cut them: the runs of the chosen windows, which
+        # come one chunk at a time, so no more than a chunk's windows are ever held
+        chosen = self._plan_chunks(model, summary, result, progress)
+        result.tasks = sum(1 for _ in self._grid.coalesce(chosen, self._max_task_span))
+        return result
+
+    def _plan_chunks(
+        self,
+        model: Model,
+        summary: BackfillSummary,
+        result: ModelSummary,
+        progress: Callable[[int], None] | None,
+    ) -> Iterator[datetime]:
+        """Plan (or count) the model's range chunk by chunk into ``result``, yielding the
+        starts of the windows that end up planned, oldest first."""
         for chunk_start, chunk_end in chunks(self._grid, summary.start, summary.end):
             starts = [window.start for window in self._grid.windows(chunk_start, chunk_end)]
             states = self._ledger.states(model.project, model.name, chunk_start, chunk_end)
@@ -360,8 +353,6 @@ class Backfill:
                     reset = self._ledger.replan(
                         model.project, model.name, chunk_start, chunk_end, resets, model.revision
                     )
-            for start in selection.chosen():
-                counter.add(start)
             result.windows += len(starts)
             result.planned += planned
             result.reset += reset
@@ -372,8 +363,7 @@ class Backfill:
             result.skipped += max(0, left - queued)
             if progress is not None:
                 progress(len(starts))
-        result.tasks = counter.tasks
-        return result
+            yield from selection.chosen()
 
     def states(self, summary: BackfillSummary) -> dict[State, int]:
         """The backfilled models' windows in the summary's range, per state."""

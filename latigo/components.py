@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Self
 
 from sqlalchemy import Engine
 
@@ -27,6 +28,8 @@ from latigo.queues.sql import SqlQueue
 
 @dataclass
 class Components:
+    """A process's parts, closed together: ``with build(config) as parts:``."""
+
     config: Config
     engine: Engine
     ledger: Ledger
@@ -42,6 +45,12 @@ class Components:
         for part in (self.queue, self.model_execution, self.sensors, self.predictions):
             part.close()
         self.engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def build(config: Config, *, clock: Clock = system_clock, migrate: bool = True) -> Components:

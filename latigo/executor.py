@@ -17,20 +17,27 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import timedelta
 from time import monotonic
+from typing import TYPE_CHECKING, Self
 
 import pandas as pd
+from sqlalchemy import Engine
 
 from latigo import calls, db, frames, logs, runs
-from latigo.components import Components
+from latigo.config import ExecutorConfig, GordoConfig, ScheduleConfig
 from latigo.errors import MalformedTask, PermanentError, RevisionGone, TransientError
-from latigo.ledger import Outcome, State
+from latigo.ledger import Ledger, Outcome, State
 from latigo.metrics import HEALTH, STAGE_SECONDS, TASK_FAILURES, TASKS_HANDLED
 from latigo.outages import DATABASE, GORDO, PREDICTION_STORE, SENSOR_STORE, Outages, recorder
-from latigo.providers.models import ModelMetadata
-from latigo.queues import Message
+from latigo.providers.models import ModelExecutionProvider, ModelInformationProvider, ModelMetadata
+from latigo.providers.predictions import PredictionStorageProvider
+from latigo.providers.sensors import SensorDataProvider
+from latigo.queues import Message, TaskQueue
 from latigo.retry import backoff
 from latigo.task import Task, TaskRules
 from latigo.window import Grid, Window
+
+if TYPE_CHECKING:
+    from latigo.components import Components
 
 log = logging.getLogger(__name__)
 
@@ -47,32 +54,78 @@ class DeadlineExceeded(TransientError):
     """The task ran past ``executor.task_deadline``."""
 
 
+def dependency_outages(
+    engine: Engine,
+    sensors: SensorDataProvider,
+    predictions: PredictionStorageProvider,
+    model_execution: ModelExecutionProvider,
+) -> Outages:
+    """The outage watch of an executor in this process: a probe per dependency, and each
+    outage recorded in the database under this process's name (for ``latigo status``)."""
+    return Outages(
+        {
+            DATABASE: lambda: db.probe(engine),
+            SENSOR_STORE: sensors.probe,
+            PREDICTION_STORE: predictions.probe,
+            GORDO: model_execution.probe,
+        },
+        recorder(engine, f"{socket.gethostname()}:{os.getpid()}"),
+    )
+
+
 class Executor:
-    def __init__(self, parts: Components, outages: Outages | None = None) -> None:
-        self._parts = parts
-        self._settings = parts.config.executor
-        self._margin = parts.config.models.data_margin
-        self._grace = parts.config.executor.shutdown_grace
-        schedule = parts.config.schedule
+    def __init__(
+        self,
+        *,
+        queue: TaskQueue,
+        ledger: Ledger,
+        model_info: ModelInformationProvider,
+        model_execution: ModelExecutionProvider,
+        sensors: SensorDataProvider,
+        predictions: PredictionStorageProvider,
+        settings: ExecutorConfig,
+        schedule: ScheduleConfig,
+        models: GordoConfig,
+        outages: Outages,
+    ) -> None:
+        """Every part by name, as the scheduler takes them: ``settings`` is the executor
+        section; ``schedule`` gives the window grid and longest task, ``models`` the
+        projects and data margin; ``outages`` probes the dependencies (see
+        ``dependency_outages``)."""
+        self._queue = queue
+        self._ledger = ledger
+        self._model_info = model_info
+        self._model_execution = model_execution
+        self._sensors = sensors
+        self._predictions = predictions
+        self._settings = settings
+        self._margin = models.data_margin
+        self._grace = settings.shutdown_grace
         self._grid = Grid(schedule.interval, schedule.anchor)
-        self._outages = outages or Outages(
-            {
-                DATABASE: lambda: db.probe(parts.engine),
-                SENSOR_STORE: parts.sensors.probe,
-                PREDICTION_STORE: parts.predictions.probe,
-                GORDO: parts.model_execution.probe,
-            },
-            recorder(parts.engine, f"{socket.gethostname()}:{os.getpid()}"),
-        )
+        self._outages = outages
         self._rules = TaskRules(
-            self._grid,
-            schedule.max_task_span,
-            frozenset(parts.config.models.projects),
-            int(parts.config.executor.max_message_size),
+            self._grid, schedule.max_task_span, frozenset(models.projects), int(settings.max_message_size)
         )
         self.handled = 0
         # tasks still running when the grace period ended
         self.unfinished = 0
+
+    @classmethod
+    def from_components(cls, parts: Components, outages: Outages | None = None) -> Self:
+        """The executor of a process's parts, watching their dependencies unless ``outages`` is given."""
+        return cls(
+            queue=parts.queue,
+            ledger=parts.ledger,
+            model_info=parts.model_info,
+            model_execution=parts.model_execution,
+            sensors=parts.sensors,
+            predictions=parts.predictions,
+            settings=parts.config.executor,
+            schedule=parts.config.schedule,
+            models=parts.config.models,
+            outages=outages
+            or dependency_outages(parts.engine, parts.sensors, parts.predictions, parts.model_execution),
+        )
 
     # -- one task ----------------------------------------------------------------------
 
@@ -88,7 +141,6 @@ class Executor:
             return self._process(task)
 
     def _process(self, task: Task) -> list[Outcome]:
-        parts = self._parts
         deadline = monotonic() + self._settings.task_deadline.total_seconds()
 
         def check(stage: str) -> None:
@@ -96,9 +148,9 @@ class Executor:
                 raise DeadlineExceeded(f"task deadline ({self._settings.task_deadline}) exceeded after {stage}")
 
         with STAGE_SECONDS.labels("metadata").time():
-            metadata = parts.model_info.metadata(task.project, task.model, task.revision)
+            metadata = self._model_info.metadata(task.project, task.model, task.revision)
         with STAGE_SECONDS.labels("fetch").time():
-            raw = parts.sensors.data(
+            raw = self._sensors.data(
                 frames.needed_tags(metadata),
                 frames.data_start(task.start, metadata, self._margin),
                 frames.data_end(task.end, metadata),
@@ -123,13 +175,13 @@ class Executor:
         for run in planned.calls:
             rows = X.iloc[run]
             with STAGE_SECONDS.labels("gordo").time():
-                answer = parts.model_execution.predict(metadata, rows, frames.to_model_target(rows, metadata))
+                answer = self._model_execution.predict(metadata, rows, frames.to_model_target(rows, metadata))
             check("a Gordo call")
             first = runs.predicted(times, run, metadata.lookback)
             answers.append(frames.inside(answer, Window(max(task.start, frames.utc_of(first)), task.end)))
         predictions = (answers[0] if len(answers) == 1 else pd.concat(answers)) if answers else frames.empty_frame()
         with STAGE_SECONDS.labels("store").time():
-            parts.predictions.store(task.project, task.model, task.revision, task.window, predictions)
+            self._predictions.store(task.project, task.model, task.revision, task.window, predictions)
         accounted = runs.account(windows, step, times, frames.epoch_ns(predictions.index), metadata.lookback)
         return [self._outcome(rows, gone, len(tags), metadata) for rows, gone in zip(accounted, missing)]
 
@@ -155,13 +207,12 @@ class Executor:
         return state
 
     def _handle(self, message: Message) -> State:
-        parts = self._parts
         try:
             task = self._rules.parse(message.body)
         except MalformedTask as error:
             log.error("dead-lettering a malformed message: %s", error)
-            parts.ledger.dead_letter(self._rules.kept(message.body), "malformed", str(error), message.deliveries)
-            parts.queue.ack(message)
+            self._ledger.dead_letter(self._rules.kept(message.body), "malformed", str(error), message.deliveries)
+            self._queue.ack(message)
             return State.DEAD
         with logs.task_context(
             task_id=str(task.id),
@@ -174,14 +225,13 @@ class Executor:
             return self._run(message, task)
 
     def _run(self, message: Message, task: Task) -> State:
-        parts = self._parts
         if message.deliveries > self._settings.max_deliveries:
             # every earlier delivery ended without an outcome: the task kills its executor
             # (out of memory, a crash in a native library); stop it before it kills more
             error = f"delivered {message.deliveries} times without an outcome: does it crash its executor?"
             log.error("task %s %s %s: %s", task.id, task.key, task.window, error)
-            parts.ledger.dead_letter(message.body, "poison", error, message.deliveries, task)
-            parts.queue.ack(message)
+            self._ledger.dead_letter(message.body, "poison", error, message.deliveries, task)
+            self._queue.ack(message)
             return State.DEAD
         started = monotonic()
         try:
@@ -191,15 +241,15 @@ class Executor:
         except PermanentError as error:
             TASK_FAILURES.labels(error.__class__.__name__).inc()
             log.error("task %s %s %s failed permanently: %s", task.id, task.key, task.window, error)
-            parts.ledger.dead_letter(message.body, "permanent", str(error), message.deliveries, task)
-            parts.queue.ack(message)
+            self._ledger.dead_letter(message.body, "permanent", str(error), message.deliveries, task)
+            self._queue.ack(message)
             return State.DEAD
         except Exception as error:  # transient, or a bug: retried a bounded number of times
             if not isinstance(error, TransientError):
                 log.exception("task %s %s: unexpected error", task.id, task.key)
             return self._retry_or_give_up(message, task, error)
-        parts.ledger.record(task, outcomes)
-        parts.queue.ack(message)
+        self._ledger.record(task, outcomes)
+        self._queue.ack(message)
         states = Counter(outcome.state.value for outcome in outcomes)
         partial = sum(1 for o in outcomes if o.state == State.DONE and o.stored_rows != o.expected_rows)
         log.info(
@@ -214,23 +264,22 @@ class Executor:
         return State.DONE if states[State.DONE.value] else State.NO_DATA
 
     def _retry_or_give_up(self, message: Message, task: Task, error: Exception) -> State:
-        parts = self._parts
         reason = f"{error.__class__.__name__}: {error}"
         dependency = self._outages.confirm(error)
         if dependency is not None:
             # the dependency is down for everyone: not this task's attempt; back to the queue
             log.warning("task %s %s %s put back, %s is down: %s", task.id, task.key, task.window, dependency, reason)
-            parts.queue.release(message, RELEASE_IN_OUTAGE)
+            self._queue.release(message, RELEASE_IN_OUTAGE)
             return State.QUEUED
         TASK_FAILURES.labels(error.__class__.__name__).inc()
         # the ledger counts failed attempts, whatever the queue; for a task whose windows
         # were never planned (published by hand) the queue's delivery count stands in. An
         # executor killed mid-task is no failed attempt: only recorded failures count.
-        attempts = parts.ledger.fail(task, reason) or max(message.deliveries, task.attempt)
+        attempts = self._ledger.fail(task, reason) or message.deliveries
         if attempts >= self._settings.max_attempts:
             log.error("task %s %s %s gave up after %d attempts: %s", task.id, task.key, task.window, attempts, reason)
-            parts.ledger.dead_letter(message.body, "exhausted", reason, attempts, task)
-            parts.queue.ack(message)
+            self._ledger.dead_letter(message.body, "exhausted", reason, attempts, task)
+            self._queue.ack(message)
             return State.DEAD
         delay = backoff(attempts, self._settings.retry_base, self._settings.retry_max)
         log.warning(
@@ -242,32 +291,31 @@ class Executor:
             delay.total_seconds(),
             reason,
         )
-        parts.queue.release(message, delay)
+        self._queue.release(message, delay)
         return State.FAILED
 
     def _replan(self, message: Message, task: Task, error: RevisionGone) -> State:
-        parts = self._parts
         try:
-            latest = parts.model_info.latest_revision(task.project)
+            latest = self._model_info.latest_revision(task.project)
         except PermanentError as lookup:
             TASK_FAILURES.labels(lookup.__class__.__name__).inc()
             reason = f"{error}; and the latest revision is unknown: {lookup}"
-            parts.ledger.dead_letter(message.body, "permanent", reason, message.deliveries, task)
-            parts.queue.ack(message)
+            self._ledger.dead_letter(message.body, "permanent", reason, message.deliveries, task)
+            self._queue.ack(message)
             return State.DEAD
         except Exception as lookup:  # /revisions failing is this task's failed attempt, with its backoff
             return self._retry_or_give_up(message, task, lookup)
         if latest == task.revision:
-            parts.ledger.dead_letter(
+            self._ledger.dead_letter(
                 message.body, "permanent", f"{error} (and it is the latest)", message.deliveries, task
             )
-            parts.queue.ack(message)
+            self._queue.ack(message)
             return State.DEAD
         replanned = task.at_revision(latest)
         log.warning("task %s %s: revision %s is gone, re-planned at %s", task.id, task.key, task.revision, latest)
-        parts.queue.publish([replanned.to_json()], [replanned.key])
-        parts.ledger.finish(replanned, State.QUEUED)
-        parts.queue.ack(message)
+        self._queue.publish([replanned.to_json()], [replanned.key])
+        self._ledger.finish(replanned, State.QUEUED)
+        self._queue.ack(message)
         return State.QUEUED
 
     # -- the loop ----------------------------------------------------------------------
@@ -300,7 +348,7 @@ class Executor:
                     in_flight = self._collect(finished, in_flight)
                     continue
                 try:
-                    messages = self._parts.queue.receive(free, RECEIVE_WAIT)
+                    messages = self._queue.receive(free, RECEIVE_WAIT)
                     HEALTH.ready = True
                     receive_retry = RECEIVE_RETRY_FIRST_S
                 except Exception as error:  # the queue (or its database) is down: one line a try, backing off

@@ -33,9 +33,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from latigo.cache import TtlCache
 from latigo.clock import Clock, system_clock
 from latigo.config import Config
+from latigo.discovery import Discovery, Model
 from latigo.errors import LatigoError
 from latigo.leader import Leadership
 from latigo.ledger import Ledger, PlannedWindow
@@ -56,13 +56,6 @@ RECENT_WINDOWS = 4
 # most planned history windows read per tick: with week-long tasks, a backlog's worth of
 # room would otherwise be hundreds of thousands of rows in memory at once
 HISTORY_READ_LIMIT = 100_000
-
-
-@dataclass(frozen=True)
-class Model:
-    project: str
-    name: str
-    revision: str
 
 
 @dataclass(frozen=True)
@@ -97,13 +90,6 @@ class Deposed(Exception):
         self.windows = windows
 
 
-@dataclass(frozen=True)
-class Discovery:
-    revision: str
-    models: tuple[str, ...]
-    unbuilt: tuple[str, ...]
-
-
 class Scheduler:
     def __init__(
         self,
@@ -125,39 +111,18 @@ class Scheduler:
         # the sql queue is a table of the ledger's own database: a batch is enqueued in the
         # transaction that marks it queued (and fences it)
         self._in_ledger = isinstance(queue, SqlQueue) and queue.shares(ledger.engine)
-        self._discovered: TtlCache[str, Discovery] = TtlCache(config.schedule.discovery_ttl, clock)
+        self._discovery = Discovery(model_info, config.schedule.discovery_ttl, clock, log_problems=True)
 
     # -- discovery -----------------------------------------------------------------------
-
-    def _discover_project(self, project: str) -> Discovery:
-        cached = self._discovered.get(project)
-        if cached is not None:
-            return cached
-        revision = self._model_info.latest_revision(project)
-        built = self._model_info.models(project, revision)
-        unbuilt = sorted(set(self._model_info.expected_models(project)) - set(built))
-        if unbuilt:
-            log.warning("%s@%s: expected but not built (failed builds?): %s", project, revision, ", ".join(unbuilt))
-        discovery = Discovery(revision, tuple(built), tuple(unbuilt))
-        self._discovered.put(project, discovery)
-        return discovery
 
     def discover(self, report: TickReport) -> list[Model]:
         """Every built model of every configured project, at its project's latest revision
         (cached for ``schedule.discovery_ttl``). A failing project is reported and skipped;
         the others go on. Models that disappear are simply no longer planned."""
-        models: list[Model] = []
-        for project in self._projects:
-            try:
-                found = self._discover_project(project)
-            except LatigoError as error:
-                log.error("discovery failed for project %s: %s", project, error)
-                report.failed_projects[project] = str(error)
-                continue
-            if found.unbuilt:
-                report.unbuilt[project] = list(found.unbuilt)
-            models.extend(Model(project, name, found.revision) for name in found.models)
-        return models
+        survey = self._discovery.survey(self._projects)
+        report.failed_projects.update((project, str(error)) for project, error in survey.failed.items())
+        report.unbuilt.update((found.project, list(found.unbuilt)) for found in survey.found if found.unbuilt)
+        return survey.models()
 
     # -- planning ------------------------------------------------------------------------
 
@@ -224,7 +189,7 @@ class Scheduler:
         tasks = [
             Task(project=project, model=model, revision=revision, start=window.start, end=window.end)
             for (project, model, revision), starts in runs.items()
-            for window in self._grid.coalesce(starts, self._schedule.max_task_span)
+            for window in self._grid.coalesce(sorted(starts), self._schedule.max_task_span)
         ]
         tasks.sort(key=lambda task: task.end, reverse=newest_first)
         return tasks
@@ -273,7 +238,7 @@ class Scheduler:
                 break
         room = self._schedule.backlog_limit - self._queue.depth()
         if room > 0:
-            per_task = max(1, self._schedule.max_task_span // self._schedule.interval)
+            per_task = self._grid.per_run(self._schedule.max_task_span)
             newest_first = self._schedule.history_order == "newest_first"
             history = self._ledger.planned(
                 ending_by=newest_end - self._schedule.interval,

@@ -134,11 +134,16 @@ def run_scheduler(parts: Components, *, once: bool = False) -> int:
 
 
 def run_executor(parts: Components, *, max_tasks: int | None = None, until_idle: bool = False) -> int:
-    executor = Executor(parts)
+    executor = Executor.from_components(parts)
     metrics.serve(parts.config.metrics.host, parts.config.metrics.port)
+
+    def wake_receive() -> None:
+        """Wakes a receive() that is waiting; tasks in hand still acknowledge; parts.close() closes the queue."""
+        stop.wait()
+        parts.queue.stop_receiving()
+
     with stop_on_signals() as stop:
-        # wakes a receive() that is waiting; tasks in hand still acknowledge; parts.close() closes the queue
-        threading.Thread(target=lambda: (stop.wait(), parts.queue.stop_receiving()), daemon=True).start()
+        threading.Thread(target=wake_receive, daemon=True).start()
         handled = executor.run(stop, max_tasks=max_tasks, until_idle=until_idle)
     if executor.unfinished:
         # their threads cannot be interrupted; leave them, their leases will run out and the
@@ -216,9 +221,9 @@ def run_service(
 
 
 def _stop_children(children: list[Child]) -> int:
-    running = [child for child in children if child.process and child.process.poll() is None]
-    for child in running:
-        child.process.terminate()
+    for child in children:
+        if child.process is not None and child.process.poll() is None:
+            child.process.terminate()
     worst = 0
     for child in children:
         if child.process is None:

@@ -179,7 +179,7 @@ def test_no_secret_or_token_in_any_log_line(azure_ad, trusting, gordo_server, tm
     try:
         feed(parts.sensors, NOW - timedelta(hours=2), NOW)
         Scheduler(config, parts.model_info, parts.ledger, parts.queue, clock).tick()
-        Executor(parts).run(threading.Event(), until_idle=True)
+        Executor.from_components(parts).run(threading.Event(), until_idle=True)
         azure_ad.refuse = "invalid_client"
         with pytest.raises(PermanentError):
             GordoModels(config.models, clock, auth_http_client=trusting).latest_revision("demo")

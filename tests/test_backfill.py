@@ -27,7 +27,6 @@ from latigo.backfill import (
     COUNTS,
     Backfill,
     Mode,
-    TaskCounter,
     UnknownModels,
     backfill_range,
     chunks,
@@ -40,7 +39,8 @@ from latigo.config import Config
 from latigo.demo.feeder import feed
 from latigo.executor import Executor
 from latigo.ledger import PlannedWindow, State
-from latigo.scheduler import Model, Scheduler
+from latigo.discovery import Model
+from latigo.scheduler import Scheduler
 from latigo.schema import ledger, predictions, task_queue
 from latigo.status import prediction_duplicates
 from latigo.task import Task
@@ -263,7 +263,7 @@ def queued_tasks(parts: Components) -> list[Task]:
 
 
 def drain(parts: Components) -> int:
-    return Executor(parts).run(threading.Event(), until_idle=True)
+    return Executor.from_components(parts).run(threading.Event(), until_idle=True)
 
 
 def test_backfilled_windows_are_published_coalesced_and_each_predicted_once(parts, gordo_server):
@@ -439,16 +439,6 @@ def test_selected_windows_are_aligned_inside_the_range_and_contiguous(
     assert all(a.end == b.start for a, b in zip(windows, windows[1:]))
     # none is left out: every window wholly inside the range and due
     assert len(windows) == grid.count(start, min(end, newest_end))
-
-
-@given(st.sets(st.integers(min_value=0, max_value=300)), st.integers(min_value=1, max_value=12))
-def test_the_task_count_is_what_the_scheduler_coalesces(indexes, per_task):
-    grid = Grid(HALF_HOUR)
-    starts = [FROM + index * HALF_HOUR for index in sorted(indexes)]
-    counter = TaskCounter(grid, per_task * HALF_HOUR)
-    for start in starts:
-        counter.add(start)
-    assert counter.tasks == len(grid.coalesce(starts, per_task * HALF_HOUR))
 
 
 @given(st.sampled_from(list(Mode)), st.dictionaries(st.integers(0, 40), st.sampled_from(list(State))))

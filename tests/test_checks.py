@@ -199,7 +199,7 @@ def run_malformed(parts: Components, proxy: FaultProxy, bodies: list[bytes]) -> 
     parts.queue.publish(bodies)
     parts.clock.advance(LATER)
     before = ledger_rows(parts)
-    assert handle_all(parts, Executor(parts)) == [State.DEAD] * len(bodies)
+    assert handle_all(parts, Executor.from_components(parts)) == [State.DEAD] * len(bodies)
     assert parts.queue.depth() == 0
     assert proxy.requests == []
     assert_unchanged(before, ledger_rows(parts))
@@ -314,7 +314,7 @@ def test_an_oversized_message_is_dead_lettered_unread_with_its_length_and_hash(
         parts.queue.publish([over, fits])
         clock.advance(LATER)
         before = ledger_rows(parts)
-        assert handle_all(parts, Executor(parts)) == [State.DEAD, State.DONE]
+        assert handle_all(parts, Executor.from_components(parts)) == [State.DEAD, State.DONE]
         after = ledger_rows(parts)
         [letter] = letters(parts)
         assert len(stored(parts, "pump-1").time.unique()) == 3  # the fitting task's window, only
@@ -399,7 +399,7 @@ def test_a_stream_of_bad_messages_is_dead_lettered_one_by_one_and_the_loop_goes_
         _set_up_ledger(parts)
         clock.advance(LATER)
         initial = ledger_rows(parts)
-        executor = Executor(parts)
+        executor = Executor.from_components(parts)
         seen = Counter()
 
         @settings(max_examples=STREAM_EXAMPLES, deadline=None, database=None,
@@ -570,7 +570,7 @@ def test_a_bent_answer_is_dead_lettered_at_once_and_nothing_is_stored(
         task = queue_task(parts, "pump-1", HOUR - 4 * INTERVAL, HOUR - 2 * INTERVAL, gordo_server.revision)
         clock.advance(LATER)
         before = ledger_rows(parts)
-        assert handle_all(parts, Executor(parts)) == [State.DEAD]
+        assert handle_all(parts, Executor.from_components(parts)) == [State.DEAD]
         after = ledger_rows(parts)
         [letter] = letters(parts)
         predictions_calls = len(gordo_calls(proxy, "/anomaly/prediction"))
@@ -601,7 +601,7 @@ def test_columns_in_another_order_are_stored_by_their_names(sqlite_url, gordo_se
     with pipeline(sqlite_url, gordo_server.base_url, clock, rewrite=rewrite) as (proxy, parts):
         plan(parts, "pump-1", HOUR - 4 * INTERVAL, 4, revision=gordo_server.revision)
         queue_task(parts, "pump-1", HOUR - 2 * INTERVAL, HOUR, gordo_server.revision)
-        assert handle_all(parts, Executor(parts)) == [State.DONE]
+        assert handle_all(parts, Executor.from_components(parts)) == [State.DONE]
         rows = stored(parts, "pump-1")
         assert letters(parts) == []
     [original] = originals
@@ -666,7 +666,7 @@ def test_bad_metadata_is_permanent_and_never_cached(sqlite_url, gordo_server, cl
         revision = gordo_server.revision
         plan(parts, "pump-1", HOUR - 4 * INTERVAL, 4, revision=revision)
         task = queue_task(parts, "pump-1", HOUR - 2 * INTERVAL, HOUR, revision)
-        executor = Executor(parts)
+        executor = Executor.from_components(parts)
         assert handle_all(parts, executor) == [State.DEAD]
         [letter] = letters(parts)
         assert (letter["reason"], letter["attempts"], letter["task_id"]) == ("permanent", 1, str(task.id))

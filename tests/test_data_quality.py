@@ -51,7 +51,7 @@ def run_one(parts, revision: str) -> tuple[State, str | None]:
     task = Task(project="demo", model="pump-1", revision=revision, start=START, end=WINDOW_END)
     parts.ledger.plan([PlannedWindow("demo", "pump-1", revision, task.window)])
     parts.queue.publish([task.to_json()])
-    Executor(parts).run(threading.Event(), until_idle=True)
+    Executor.from_components(parts).run(threading.Event(), until_idle=True)
     with parts.engine.connect() as connection:
         row = connection.execute(select(ledger.c.state, ledger.c.note, ledger.c.last_error)).one()
     return State(row.state), row.last_error or row.note

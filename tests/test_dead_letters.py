@@ -32,7 +32,7 @@ def clock() -> Clock:
 
 
 def drain(parts) -> None:
-    Executor(parts).run(threading.Event(), until_idle=True)
+    Executor.from_components(parts).run(threading.Event(), until_idle=True)
 
 
 def window_task(model: str, revision: str, hours_back: int) -> Task:
@@ -138,7 +138,7 @@ def test_a_task_that_keeps_killing_its_executor_is_dead_lettered_as_poison(tmp_p
             clock.advance(timedelta(minutes=16))  # the lease (15 min) runs out
         [message] = parts.queue.receive(1, timedelta(0))
         assert message.deliveries == 4
-        assert Executor(parts).handle(message).value == "dead"
+        assert Executor.from_components(parts).handle(message).value == "dead"
         [letter] = dlq.letters(parts.engine)
         assert letter.reason == "poison" and "delivered 4 times" in letter.error
         with parts.engine.connect() as connection:
@@ -161,7 +161,7 @@ def test_kills_are_not_failed_attempts(tmp_path, gordo_server, clock):
             parts.queue.receive(1, timedelta(0))
             clock.advance(timedelta(minutes=16))
         [message] = parts.queue.receive(1, timedelta(0))
-        assert Executor(parts).handle(message) == State.FAILED  # attempt 1 of 2: retried, not given up
+        assert Executor.from_components(parts).handle(message) == State.FAILED  # attempt 1 of 2: retried, not given up
         assert dlq.letters(parts.engine) == []
     finally:
         parts.close()

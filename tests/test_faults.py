@@ -124,7 +124,7 @@ def run_to_the_end(parts: Components, clock: Clock) -> int:
     queue is empty, moving the clock past each backoff meanwhile. Returns the windows planned."""
     planned = Scheduler(parts.config, parts.model_info, parts.ledger, parts.queue, parts.clock).tick().planned
     stop = threading.Event()
-    executor = Executor(parts)
+    executor = Executor.from_components(parts)
     worker = threading.Thread(target=executor.run, args=(stop,), name="executor")
     worker.start()
     try:
@@ -275,7 +275,7 @@ def handle_one_through(proxy: FaultProxy, parts: Components, join_s: float) -> t
     Scheduler(parts.config, parts.model_info, parts.ledger, parts.queue, parts.clock).tick()
     [message] = parts.queue.receive(1, timedelta(0))
     outcome: list[State] = []
-    handler = threading.Thread(target=lambda: outcome.append(Executor(parts).handle(message)), daemon=True)
+    handler = threading.Thread(target=lambda: outcome.append(Executor.from_components(parts).handle(message)), daemon=True)
     handler.start()
     handler.join(timeout=join_s)
     blocked = handler.is_alive()
@@ -360,7 +360,7 @@ def test_a_call_never_outlives_its_task(sqlite_url, gordo_server):
         task = Task.from_json(message.body)
         started = monotonic()
         with calls.task_deadline(1.5), pytest.raises(calls.CallTimedOut):
-            Executor(parts)._process(task)
+            Executor.from_components(parts)._process(task)
         assert monotonic() - started < 3.5  # 1.5 s of task left, not the call's 4 s
         with calls.task_deadline(0), pytest.raises(calls.CallTimedOut, match="task's deadline has passed"):
             parts.model_info.models("demo")
@@ -376,7 +376,7 @@ def test_a_replan_while_revisions_fail_is_a_counted_attempt_with_backoff_and_its
         stale = Task(project="demo", model="pump-1", revision="1000", start=window_start, end=window_start + INTERVAL)
         parts.ledger.plan([PlannedWindow("demo", "pump-1", "1000", stale.window)])
         parts.queue.publish([stale.to_json()])
-        executor = Executor(parts)
+        executor = Executor.from_components(parts)
         [message] = parts.queue.receive(1, timedelta(0))
         assert executor.handle(message) == State.FAILED
         [row] = windows(parts).itertuples()

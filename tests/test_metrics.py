@@ -51,7 +51,7 @@ def test_work_moves_the_counters_and_gordo_time_is_measured(tmp_path, gordo_serv
     try:
         feed(parts.sensors, NOW - timedelta(hours=5), NOW)
         report = Scheduler(parts.config, parts.model_info, parts.ledger, parts.queue, clock).tick()
-        Executor(parts).run(threading.Event(), until_idle=True)
+        Executor.from_components(parts).run(threading.Event(), until_idle=True)
     finally:
         parts.close()
     assert sample("latigo_tasks_published_total") - before["published"] == report.published_tasks
@@ -133,7 +133,7 @@ def test_json_log_lines_carry_the_task(tmp_path, gordo_server, capsys):
     try:
         feed(parts.sensors, NOW - timedelta(hours=2), NOW)
         Scheduler(parts.config, parts.model_info, parts.ledger, parts.queue, clock).tick()
-        Executor(parts).run(threading.Event(), until_idle=True)
+        Executor.from_components(parts).run(threading.Event(), until_idle=True)
     finally:
         parts.close()
         logging.getLogger().handlers.clear()

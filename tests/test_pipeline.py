@@ -64,7 +64,7 @@ def scheduler_for(parts: Components) -> Scheduler:
 
 
 def drain(parts: Components) -> int:
-    return Executor(parts).run(threading.Event(), until_idle=True)
+    return Executor.from_components(parts).run(threading.Event(), until_idle=True)
 
 
 def ledger_states(parts: Components) -> dict[tuple[str, str], int]:
@@ -180,7 +180,7 @@ def test_an_unreachable_gordo_pauses_the_executor_and_costs_the_task_no_attempt(
                     end=HOUR - timedelta(minutes=30))
         parts.ledger.plan([PlannedWindow("demo", "pump-1", "1", task.window)])
         parts.queue.publish([task.to_json()])
-        executor = Executor(parts)
+        executor = Executor.from_components(parts)
         for delivery in range(1, 5):  # more deliveries than max_attempts
             [message] = parts.queue.receive(1, timedelta(0))
             assert message.deliveries == delivery

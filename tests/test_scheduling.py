@@ -262,7 +262,7 @@ def test_revision_change_and_model_removal_while_the_scheduler_runs(database_url
     try:
         feed(parts.sensors, NOW - timedelta(hours=2), NOW + timedelta(hours=2))
         scheduler = Scheduler(parts.config, parts.model_info, parts.ledger, parts.queue, clock)
-        executor = Executor(parts)
+        executor = Executor.from_components(parts)
         assert scheduler.tick().planned == 3
         executor.run(threading.Event(), until_idle=True)
 

@@ -122,7 +122,7 @@ def config_for(database_url: str, gordo_url: str) -> Config:
 
 
 def drain(parts: Components) -> None:
-    Executor(parts).run(threading.Event(), until_idle=True)
+    Executor.from_components(parts).run(threading.Event(), until_idle=True)
 
 
 def task(project: str, model: str, revision: str, window: Window) -> Task:
@@ -325,13 +325,35 @@ def test_each_cell_shows_its_windows_state(site):
             assert row_named(rows, f"demo/{model}").cells[column(start)][0] == expected[State(state)]
 
 
+def stylesheet(text: str) -> dict[str, str]:
+    """The page's own cell rules, as a browser would apply them: class -> background."""
+    [css] = re.findall(r"<style>(.*?)</style>", text, re.S)
+    return dict(re.findall(r"\btd\.([a-z_]+)\{background:(#[0-9a-f]{6})\}", css))
+
+
 def test_cells_are_painted_in_their_states_colour(site):
     text = get(site, "/").text
-    for cell, colour in web.COLOURS.items():
-        assert f"td.{cell.value}{{background:{colour}}}" in text
-    assert (
-        web.COLOURS[Cell.DONE] != web.COLOURS[Cell.LATE] != web.COLOURS[Cell.FAILED] != web.COLOURS[Cell.DEAD]
-    )
+    backgrounds = stylesheet(text)
+    rows = rows_of(text)
+    compressor, turbine = row_named(rows, "demo/compressor-1"), row_named(rows, "demo/turbine-1")
+    # each cell's class resolves, through the page's own stylesheet, to its state's colour
+    painted = {
+        backgrounds[compressor.cells[column(DEAD.start)][0]]: "dead",
+        backgrounds[compressor.cells[column(LATE.start)][0]]: "late",
+        backgrounds[turbine.cells[column(OUTAGE.start)][0]]: "no data",
+        backgrounds[turbine.cells[column(OUTAGE.end)][0]]: "done",
+        backgrounds[compressor.cells[0][0]]: "not planned",
+    }
+    assert painted == {
+        "#c92a2a": "dead",
+        "#fcc419": "late",
+        "#adb5bd": "no data",
+        "#2f9e44": "done",
+        "#f1f3f5": "not planned",
+    }
+    # every class a cell of the page carries is painted, and no two states share a colour
+    used = {state for row in rows for state, _ in row.cells}
+    assert used <= set(backgrounds) and len(set(backgrounds.values())) == len(backgrounds) == len(Cell)
 
 
 def test_rows_come_worst_first(site):
@@ -349,17 +371,87 @@ def test_rows_come_worst_first(site):
     assert rows[6].model.startswith("fleet/") and rows[6].lag == "7m" and rows[6].counts[2] == "4"
 
 
+class Markup(HTMLParser):
+    """What a browser makes of a page: the elements it would build, and the text and
+    attribute values it would show (entities decoded)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[str] = []
+        self.words: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.words += [value for name, value in attrs if value and not name.startswith("on")]
+        assert not [name for name, _ in attrs if name.startswith("on")], f"an event handler on <{tag}>"
+
+    def handle_data(self, data: str) -> None:
+        self.words.append(data)
+
+
+def markup_of(text: str) -> Markup:
+    parser = Markup()
+    parser.feed(text)
+    parser.close()
+    return parser
+
+
+def assert_shown_not_run(text: str, *shown: str) -> None:
+    """The page builds no script, image or other element from the values, and shows each of
+    them whole, as text or as an attribute's value."""
+    found = markup_of(text)
+    assert not {"script", "img", "iframe", "object"} & set(found.tags), found.tags
+    for value in shown:
+        assert any(value in words for words in found.words), f"{value!r} not shown"
+
+
 def test_names_and_errors_from_the_database_are_escaped(site):
     text = get(site, "/").text
     assert "<script>" not in text and "<img" not in text
-    assert "&lt;script&gt;alert(&quot;model&quot;)&lt;/script&gt;" in text
-    assert "&lt;img src=x onerror=alert(1)&gt; &amp; broken" in text
+    assert_shown_not_run(text, f"demo/{EVIL_MODEL}", EVIL_ERROR)
     evil = row_named(rows_of(text), f"demo/{EVIL_MODEL}")
     assert evil.href == f"/model/demo/{quote(EVIL_MODEL, safe='')}?hours=24"
     page = get(site, evil.href)
     assert page.status_code == 200
     assert "<script>" not in page.text and "<img" not in page.text
-    assert "&lt;img src=x onerror=alert(1)&gt; &amp; broken" in page.text
+    assert_shown_not_run(page.text, f"demo/{EVIL_MODEL}", EVIL_ERROR)
+
+
+# a model name and an error that try to leave an attribute, a tag and a text node
+XSS_MODEL = """x"><script>alert('m')</script><b title='"""
+XSS_ERROR = """</td><script>alert("e")</script>' onmouseover="alert(1)"""
+XSS_QUERY = """"><script>alert('q')</script>"""
+
+
+def test_html_from_the_database_or_the_request_is_shown_on_every_page_never_run(tmp_path):
+    """Through the WSGI interface, every page that names the model, its error or the
+    request's own text: the heatmap (filtered by the hostile text too), the model page and
+    the not-found page."""
+    now = datetime(2026, 3, 2, 12, 37, tzinfo=UTC)
+    parts = build(Config(database={"url": f"sqlite:///{tmp_path}/latigo.db"}), clock=Clock(now))
+    try:
+        parts.ledger.plan([PlannedWindow("p", XSS_MODEL, "1", LATE)])
+        parts.ledger.fail(task("p", XSS_MODEL, "1", LATE), XSS_ERROR)
+        app = web.StatusApp(parts.engine, parts.config, parts.clock)
+        pages = {
+            "/": (f"p/{XSS_MODEL}", XSS_ERROR),
+            f"/?q={quote(XSS_MODEL[:6])}": (f"p/{XSS_MODEL}", XSS_MODEL[:6]),
+            f"/model/p/{XSS_MODEL}": (f"p/{XSS_MODEL}", XSS_ERROR),
+            f"/model/p/{XSS_QUERY}": (f"no model p/{XSS_QUERY} in the ledger",),
+        }
+        for path, shown in pages.items():
+            path, _, query = path.partition("?")
+            environ: dict = {"PATH_INFO": path, "QUERY_STRING": query}
+            setup_testing_defaults(environ)
+            answer: dict = {}
+            text = b"".join(app(environ, lambda status, headers: answer.update(status=status))).decode()
+            assert answer["status"] in ("200 OK", "404 Not Found"), (path, answer)
+            assert "<script" not in text.lower(), path
+            assert_shown_not_run(text, *shown)
+        status, text = call(app, "/api/status.json")
+        assert json.loads(text)["models"][0]["model"] == XSS_MODEL  # JSON carries the name as it is
+    finally:
+        parts.close()
 
 
 def test_filter_and_paging(site):
@@ -612,8 +704,19 @@ def test_a_real_browser_renders_the_heatmap_and_the_chart(site, tmp_path):
 
 
 def test_latigo_web_serves_until_sigterm(site, tmp_path):
+    # a copy of the scenario's database, with one window of pump-1 done an hour ago by the real clock
+    copy = tmp_path / "latigo.db"
+    shutil.copyfile(site.parts.config.database.url.removeprefix("sqlite:///"), copy)
+    recent = build(Config(database={"url": f"sqlite:///{copy}"}), migrate=False)
+    try:
+        ended = Grid(HALF_HOUR).floor(datetime.now(UTC)) - HALF_HOUR
+        window = Window(ended - HALF_HOUR, ended)
+        recent.ledger.plan([PlannedWindow("demo", "pump-1", site.revision, window)])
+        recent.ledger.finish(task("demo", "pump-1", site.revision, window), State.DONE)
+    finally:
+        recent.close()
     config = tmp_path / "latigo.yaml"
-    config.write_text(f"database: {{url: '{site.parts.config.database.url}'}}\n")
+    config.write_text(f"database: {{url: 'sqlite:///{copy}'}}\n")
     process = subprocess.Popen(
         [sys.executable, "-m", "latigo", "--config", str(config), "web", "--port", "0"],
         stdout=subprocess.DEVNULL,
@@ -633,7 +736,10 @@ def test_latigo_web_serves_until_sigterm(site, tmp_path):
         assert url, f"latigo web did not start:\n{seen}"
         answer = requests.get(url + "api/status.json", timeout=30)
         assert answer.status_code == 200
-        assert answer.json()["models_total"] >= 0  # the real clock: the scenario's windows are long past
+        # the real clock: the scenario's windows are long past; only the window just done is recent
+        data = answer.json()
+        assert data["models_total"] == 1 and [model["model"] for model in data["models"]] == ["pump-1"]
+        assert 0 <= data["models"][0]["lag_seconds"] < START_BOUND_S + 3600
         assert requests.get(url + "model/demo/pump-1", timeout=30).status_code == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0

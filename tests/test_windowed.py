@@ -176,7 +176,7 @@ def run_until_settled(parts: Components) -> None:
     scheduler = Scheduler(parts.config, parts.model_info, parts.ledger, parts.queue, parts.clock)
     for _ in range(20):
         scheduler.tick()
-        Executor(parts).run(threading.Event(), until_idle=True)
+        Executor.from_components(parts).run(threading.Event(), until_idle=True)
         with parts.engine.connect() as connection:
             open_windows = connection.execute(
                 select(ledger.c.window_start).where(ledger.c.state.in_([State.PLANNED, State.QUEUED, State.FAILED]))
