@@ -91,7 +91,7 @@ class _Quiet(WSGIRequestHandler):
 def _application(health: Health) -> Callable:
     metrics = make_wsgi_app(REGISTRY)
 
-    def answer(environ, start_response):  # type: ignore[no-untyped-def]
+    def answer(environ: dict, start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path in ("/healthz", "/readyz"):
             ok = health.alive() if path == "/healthz" else health.ready and health.alive()

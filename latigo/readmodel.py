@@ -10,6 +10,7 @@ window in hand), "newest done" one aggregate, the per-model state count one grou
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -205,6 +206,12 @@ class WindowRow:
     partial: bool = False
 
 
+def _window_row(row: Sequence) -> WindowRow:
+    """A row of ``_window_columns()`` as a WindowRow."""
+    start, end, state, revision, attempts, error, updated_at, is_partial = row
+    return WindowRow(start, end, state, revision, attempts, error, updated_at, bool(is_partial))
+
+
 def _window_columns() -> list:
     return [
         ledger.c.window_start,
@@ -232,7 +239,7 @@ def window_rows(
     )
     with engine.connect() as connection:
         for row in connection.execute(query):
-            found[(row[0], row[1])].append(WindowRow(*row[2:9], partial=bool(row[9])))
+            found[(row[0], row[1])].append(_window_row(row[2:]))
     return found
 
 
@@ -248,7 +255,7 @@ def model_windows(
         .limit(limit)
     )
     with engine.connect() as connection:
-        return [WindowRow(*row[:7], partial=bool(row[7])) for row in connection.execute(query)]
+        return [_window_row(row) for row in connection.execute(query)]
 
 
 def model_known(engine: Engine, project: str, model: str) -> bool:
@@ -286,7 +293,10 @@ def recent_failures(engine: Engine, limit: int = 10) -> list[Failure]:
         .limit(limit)
     )
     with engine.connect() as connection:
-        return [Failure(*row[:5], row.last_error or "", row.updated_at) for row in connection.execute(query)]
+        return [
+            Failure(project, model, start, state, attempts, error or "", updated_at)
+            for project, model, start, state, attempts, error, updated_at in connection.execute(query)
+        ]
 
 
 def window_states(engine: Engine, models: dict[str, set[str]], start: datetime, end: datetime) -> dict[State, int]:

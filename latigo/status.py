@@ -129,7 +129,7 @@ def status_document(
                 "partial": status.partial,
                 "missing": status.missing,
                 "newest_done_end": status.newest_done_end.isoformat() if status.newest_done_end else None,
-                "lag_seconds": status.lag(now).total_seconds() if status.newest_done_end else None,
+                "lag_seconds": lag.total_seconds() if (lag := status.lag(now)) is not None else None,
                 "last_error": status.last_error,
             }
             for status in statuses
