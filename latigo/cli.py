@@ -1,71 +1,19 @@
-"""The ``latigo`` command: the service's processes and the operators' tools."""
+"""The ``latigo`` command: the service's processes and the operators' tools.
+
+What every command starts from (configuration, parts) is ``latigo.cli_context``; the
+``backfill`` command, the longest, is ``latigo.cli_backfill``."""
 
 from __future__ import annotations
 
 import os
 import sys
 from datetime import timedelta
-from typing import Any
 
 import click
 
-from latigo.config import CONFIG_PATH_VARIABLE, Config, ConfigError, dump_config, load_config, parse_duration
-
-
-class _Duration(click.ParamType):
-    name = "duration"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> timedelta:
-        parsed = parse_duration(value)
-        if not isinstance(parsed, timedelta):
-            self.fail(f"{value!r} is not a duration such as 30m, 6h or 7d", param, ctx)
-        return parsed
-
-
-DURATION = _Duration()
-
-
-def _config(ctx: click.Context) -> Config:
-    """Load (once) and validate the configuration; a bad one ends the command with exit 2."""
-    if "config" not in ctx.obj:
-        try:
-            ctx.obj["config"] = load_config(ctx.obj["path"])
-        except ConfigError as error:
-            click.echo(f"latigo: {error}", err=True)
-            ctx.exit(2)
-        from latigo import logs
-
-        logs.configure(ctx.obj["config"].logging)
-    return ctx.obj["config"]
-
-
-def _components(ctx: click.Context):
-    """An operator command's parts; a database that does not answer ends it with one line
-    and exit 1 (the service's processes wait for it instead: see _service_components)."""
-    import sqlalchemy.exc
-
-    from latigo.components import build
-
-    config = _config(ctx)
-    try:
-        return build(config)
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()
-        click.echo(f"latigo: the Latigo database is unavailable: {reason[0][:300] if reason else error}", err=True)
-        ctx.exit(1)
-
-
-def _service_components(ctx: click.Context, *, serve_metrics: bool = True):
-    """A long-running process's parts, once the database answers: it waits through an outage
-    (a line per try, /readyz false meanwhile). None when stopped while waiting."""
-    from latigo import metrics
-    from latigo.service import components_when_ready, stop_on_signals
-
-    config = _config(ctx)
-    if serve_metrics:
-        metrics.serve(config.metrics.host, config.metrics.port)
-    with stop_on_signals() as stop:
-        return components_when_ready(config, stop)
+from latigo.cli_backfill import backfill
+from latigo.cli_context import DURATION, components, config_of, service_components
+from latigo.config import CONFIG_PATH_VARIABLE, dump_config
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -91,9 +39,9 @@ def run(ctx: click.Context, executors: int | None) -> None:
     """The whole service on this machine: a scheduler and executors."""
     from latigo.service import run_service
 
-    config = _config(ctx)
+    config = config_of(ctx)
     # migrate once, before the children start (they serve the metrics ports, not this process)
-    parts = _service_components(ctx, serve_metrics=False)
+    parts = service_components(ctx, serve_metrics=False)
     if parts is None:
         return
     parts.close()
@@ -107,13 +55,11 @@ def scheduler(ctx: click.Context, once: bool) -> None:
     """Plan due windows and publish them as tasks, every tick."""
     from latigo.service import run_scheduler
 
-    parts = _components(ctx) if once else _service_components(ctx)
+    parts = components(ctx) if once else service_components(ctx)
     if parts is None:
         return
-    try:
+    with parts:
         code = run_scheduler(parts, once=once)
-    finally:
-        parts.close()
     sys.exit(code)
 
 
@@ -125,13 +71,11 @@ def executor(ctx: click.Context, max_tasks: int | None, until_idle: bool) -> Non
     """Consume tasks: fetch sensor data, predict with Gordo, store, acknowledge."""
     from latigo.service import run_executor
 
-    parts = _service_components(ctx)
+    parts = service_components(ctx)
     if parts is None:
         return
-    try:
+    with parts:
         handled = run_executor(parts, max_tasks=max_tasks, until_idle=until_idle)
-    finally:
-        parts.close()
     click.echo(f"handled {handled} tasks", err=True)
 
 
@@ -146,7 +90,7 @@ def upgrade(ctx: click.Context) -> None:
     """Apply every pending migration (also done at every start)."""
     from latigo import db as database
 
-    engine = database.create_engine(_config(ctx).database.url)
+    engine = database.create_engine(config_of(ctx).database.url)
     database.upgrade(engine)
     click.echo(f"database at the newest revision: {engine.url.render_as_string(hide_password=True)}")
 
@@ -155,25 +99,24 @@ def upgrade(ctx: click.Context) -> None:
 @click.pass_context
 def models(ctx: click.Context) -> None:
     """Every configured project's latest revision, its models, and models that failed to build."""
+    from latigo.discovery import Discovery
     from latigo.errors import LatigoError
     from latigo.providers.models.gordo import GordoModels
 
-    config = _config(ctx)
-    gordo = GordoModels(config.models)
+    config = config_of(ctx)
+    discovery = Discovery(GordoModels(config.models))
     failed = False
     for project in config.models.projects:
         try:
-            revision = gordo.latest_revision(project)
-            built = gordo.models(project, revision)
-            missing = sorted(set(gordo.expected_models(project)) - set(built))
+            found = discovery.project(project)
         except LatigoError as error:
             click.echo(f"{project}: {error}", err=True)
             failed = True
             continue
-        click.echo(f"{project} @ {revision}: {len(built)} models")
-        for name in built:
+        click.echo(f"{found.project} @ {found.revision}: {len(found.built)} models")
+        for name in found.built:
             click.echo(f"  {name}")
-        for name in missing:
+        for name in found.unbuilt:
             click.echo(f"  {name}  (expected, not built)")
     sys.exit(1 if failed else 0)
 
@@ -190,8 +133,7 @@ def status(ctx: click.Context, as_json: bool, failures: int) -> None:
 
     from latigo import status as report
 
-    parts = _components(ctx)
-    try:
+    with components(ctx) as parts:
         now = parts.clock()
         statuses = report.model_statuses(parts.engine, parts.config.schedule.interval)
         recent = report.recent_failures(parts.engine, failures)
@@ -199,8 +141,6 @@ def status(ctx: click.Context, as_json: bool, failures: int) -> None:
         document = report.status_document(
             statuses, recent, report.dead_letter_count(parts.engine), parts.queue.depth(), now, outages
         )
-    finally:
-        parts.close()
     if as_json:
         click.echo(json.dumps(document, indent=2))
         return
@@ -236,12 +176,12 @@ def predictions(ctx: click.Context, output: str, since: timedelta, model: str | 
     import pandas as pd
 
     from latigo import status as report
+    from latigo.config import SqlPredictionsConfig
 
-    parts = _components(ctx)
-    if parts.config.predictions.type != "sql":
-        raise click.UsageError("predictions are stored in InfluxDB: look at them there (or in Grafana)")
-    frame = report.recent_predictions(parts.engine, output, parts.clock() - since, model)
-    parts.close()
+    with components(ctx) as parts:
+        if not isinstance(parts.config.predictions, SqlPredictionsConfig):
+            raise click.UsageError("predictions are stored in InfluxDB: look at them there (or in Grafana)")
+        frame = report.recent_predictions(parts.engine, output, parts.clock() - since, model)
     if frame.empty:
         click.echo(f"no {output} predictions in the last {since}")
         return
@@ -265,11 +205,8 @@ def dlq_list(ctx: click.Context, models: tuple[str, ...], limit: int, as_json: b
 
     from latigo import dlq as dead
 
-    parts = _components(ctx)
-    try:
+    with components(ctx) as parts:
         found = dead.letters(parts.engine, models=models, limit=limit)
-    finally:
-        parts.close()
     if as_json:
         click.echo(json.dumps([letter.to_dict() for letter in found], indent=2))
         return
@@ -293,11 +230,8 @@ def dlq_replay(
 
     if not (ids or models or everything):
         raise click.UsageError("choose dead letters: --id, --model or --all")
-    parts = _components(ctx)
-    try:
+    with components(ctx) as parts:
         report = dead.replay(parts.engine, parts.queue, parts.ledger, ids, models, everything, drop_malformed)
-    finally:
-        parts.close()
     click.echo(f"replayed {len(report.replayed)} dead letters" + (f": {report.replayed}" if report.replayed else ""))
     if report.malformed:
         click.echo(f"kept {len(report.malformed)} malformed messages (use --drop-malformed): {report.malformed}")
@@ -316,7 +250,7 @@ def config() -> None:
 def config_show(ctx: click.Context) -> None:
     """Print the effective configuration (file, environment, defaults), secrets masked:
     secret keys, and the password of every URL (database.url's included)."""
-    click.echo(dump_config(_config(ctx)), nl=False)
+    click.echo(dump_config(config_of(ctx)), nl=False)
 
 
 @config.command("check")
@@ -324,7 +258,7 @@ def config_show(ctx: click.Context) -> None:
 def config_check(ctx: click.Context) -> None:
     """Validate the configuration as every process does at start, without connecting to
     anything; exit 0 if it is valid, 2 with the offending keys if it is not."""
-    _config(ctx)
+    config_of(ctx)
     click.echo("configuration is valid")
 
 
@@ -336,112 +270,7 @@ def demo(ctx: click.Context, history: timedelta | None) -> None:
     feed with injected anomalies, and the service predicting on it."""
     from latigo.demo.run import run_demo
 
-    sys.exit(run_demo(_config(ctx), history))
-
-
-@main.command()
-@click.option(
-    "--from",
-    "start_text",
-    required=True,
-    metavar="TIME",
-    help="start: a date or RFC 3339 time (UTC); aligned up to the window grid",
-)
-@click.option(
-    "--to",
-    "end_text",
-    required=True,
-    metavar="TIME",
-    help="end, excluded: aligned down, and to the newest due window",
-)
-@click.option("--project", help="only this project [default: models.projects]")
-@click.option("--model", "names", multiple=True, help="only this model (repeatable)")
-@click.option(
-    "--mode",
-    type=click.Choice(["missing", "failed", "all"]),
-    default="missing",
-    show_default=True,
-    help="missing: windows with no ledger row; failed: failed and dead windows again; "
-    "all: every window again (queued ones excepted)",
-)
-@click.option("--dry-run", is_flag=True, help="count what would be planned; write nothing")
-@click.option("--wait", is_flag=True, help="then follow the windows until none is planned, queued or failed")
-@click.option("--timeout", type=DURATION, help="with --wait: stop waiting after this long (exit 1)")
-@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-@click.pass_context
-def backfill(
-    ctx: click.Context,
-    start_text: str,
-    end_text: str,
-    project: str | None,
-    names: tuple[str, ...],
-    mode: str,
-    dry_run: bool,
-    wait: bool,
-    timeout: timedelta | None,
-    as_json: bool,
-) -> None:
-    """Plan historic windows in the ledger. The scheduler publishes them, coalesced into
-    tasks of up to schedule.max_task_span, after the continuous windows."""
-    import json
-
-    from latigo.backfill import Backfill, UnknownModels, format_summary, parse_moment
-    from latigo.errors import LatigoError
-
-    moments = {}
-    for option, text in (("--from", start_text), ("--to", end_text)):
-        try:
-            moments[option] = parse_moment(text)
-        except ValueError as error:
-            raise click.BadParameter(str(error), param_hint=f"'{option}'") from None
-    if moments["--to"] <= moments["--from"]:
-        raise click.UsageError(f"--from ({start_text}) must be before --to ({end_text})")
-    if wait and dry_run:
-        raise click.UsageError("--wait has nothing to wait for after --dry-run")
-    if timeout is not None and not wait:
-        raise click.UsageError("--timeout goes with --wait")
-    parts = _components(ctx)
-    try:
-        planner = Backfill.from_components(parts)
-        try:
-            models = planner.models([project] if project else parts.config.models.projects, names)
-        except UnknownModels as error:
-            click.echo(f"latigo: {error}", err=True)
-            ctx.exit(2)
-        except LatigoError as error:
-            click.echo(f"latigo: cannot list the models: {error}", err=True)
-            ctx.exit(1)
-        start, end = planner.range(moments["--from"], moments["--to"])
-        if planner.grid.floor(moments["--to"]) > end:  # cut at the newest due window
-            click.echo(
-                f"latigo: windows ending after {end.isoformat()} are not due yet: the scheduler plans them",
-                err=True,
-            )
-        label = "counting" if dry_run else "planning"
-        with click.progressbar(length=planner.count(models, start, end), label=label, file=sys.stderr) as bar:
-            summary = planner.plan(models, start, end, mode, dry_run=dry_run, progress=bar.update)
-        result, finished = summary.to_dict(), True
-        if not as_json:
-            click.echo(format_summary(summary))
-        if wait:
-            outstanding = planner.outstanding(summary)
-            with click.progressbar(length=outstanding, label="predicting", file=sys.stderr) as bar:
-                report = planner.wait(summary, timeout=timeout, progress=bar.update)
-            result["wait"], finished = report.to_dict(), report.finished
-            if not as_json:
-                states = ", ".join(f"{count} {state}" for state, count in sorted(report.states.items()))
-                done = (
-                    "finished"
-                    if report.finished
-                    else f"timed out after {timeout}: {report.outstanding} windows still to do"
-                )
-                click.echo(f"wait {done} ({states or 'no windows'})")
-        if as_json:
-            click.echo(json.dumps(result, indent=2))
-    finally:
-        parts.close()
-    if not finished:
-        sys.exit(1)
+    sys.exit(run_demo(config_of(ctx), history))
 
 
 @main.command()
@@ -460,10 +289,10 @@ def web(ctx: click.Context, host: str, port: int) -> None:
     from latigo import web as status_page
     from latigo.service import stop_on_signals
 
-    parts = _service_components(ctx, serve_metrics=False)
+    parts = service_components(ctx, serve_metrics=False)
     if parts is None:
         return
-    try:
+    with parts:
         app = status_page.StatusApp(parts.engine, parts.config, parts.clock)
         try:
             server = status_page.serve(app, host, port)
@@ -475,9 +304,9 @@ def web(ctx: click.Context, host: str, port: int) -> None:
             stop.wait()
         server.shutdown()
         server.server_close()
-    finally:
-        parts.close()
 
+
+main.add_command(backfill)
 
 if __name__ == "__main__":
     main()
