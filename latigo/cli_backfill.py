@@ -1,14 +1,20 @@
 """``latigo backfill``: plan a range of history from the command line, then optionally
-follow it until it is predicted (the planning itself is ``latigo.backfill``)."""
+follow it until it is predicted, with the summary table it prints (the planning itself is
+``latigo.backfill``)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import click
 
 from latigo.cli_context import DURATION, components
+
+if TYPE_CHECKING:
+    from latigo.backfill import BackfillSummary
 
 
 @click.command()
@@ -57,7 +63,7 @@ def backfill(
     tasks of up to schedule.max_task_span, after the continuous windows."""
     import json
 
-    from latigo.backfill import Backfill, UnknownModels, format_summary, parse_moment
+    from latigo.backfill import Backfill, UnknownModels, parse_moment
     from latigo.errors import LatigoError
 
     moments = {}
@@ -111,3 +117,40 @@ def backfill(
             click.echo(json.dumps(result, indent=2))
     if not finished:
         sys.exit(1)
+
+
+def format_summary(summary: BackfillSummary) -> str:
+    """The summary as a table: one row per model, then the totals."""
+    from latigo.backfill import COUNTS
+
+    header = ("project", "model", "revision", *COUNTS)
+    rows = [
+        (model.project, model.model, model.revision, *(str(getattr(model, name)) for name in COUNTS))
+        for model in summary.models
+    ]
+    rows.append(("total", "", "", *(str(count) for count in summary.total().values())))
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        # names to the left, counts to the right
+        cells = [
+            cell.ljust(width) if column < 3 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths))
+        ]
+        return "  ".join(cells).rstrip()
+
+    total = summary.total()
+    title = f"backfill --mode {summary.mode.value} [{summary.start.isoformat()}, {summary.end.isoformat()})"
+    if summary.dry_run:
+        footer = (
+            f"dry run, nothing written: would plan {total['planned']} and reset {total['reset']} windows, "
+            f"{total['tasks']} tasks"
+        )
+    elif total["planned"] + total["reset"] == 0:
+        footer = "nothing to plan: this mode leaves every window of the range as it is"
+    else:
+        footer = (
+            f"planned {total['planned']} and reset {total['reset']} windows: the scheduler publishes them "
+            f"as {total['tasks']} tasks, after the continuous windows"
+        )
+    return "\n".join([title, line(header), *(line(row) for row in rows), footer])

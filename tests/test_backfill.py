@@ -30,10 +30,10 @@ from latigo.backfill import (
     UnknownModels,
     backfill_range,
     chunks,
-    format_summary,
     parse_moment,
     select_windows,
 )
+from latigo.cli_backfill import format_summary
 from latigo.components import Components, build
 from latigo.config import Config
 from latigo.demo.feeder import feed
