@@ -15,8 +15,13 @@ import requests
 from requests.auth import AuthBase
 
 from latigo.config import AzureAdConfig
-from latigo.errors import PermanentError, TransientError
+from latigo.errors import Caught, PermanentError, TransientError, translated
 
+# what a failed call to Azure AD is: a network failure, or an answer msal cannot read (a
+# ValueError), is worth a retry; the message names the class only, never the request
+AZURE_AD_ERRORS = (
+    Caught((requests.RequestException, ValueError), TransientError, "cannot get a token from Azure AD: {name}"),
+)
 # Azure AD error codes that no retry can fix (a wrong id, secret, tenant or scope)
 PERMANENT_CODES = frozenset(
     {"invalid_client", "unauthorized_client", "invalid_scope", "invalid_request", "invalid_resource", "invalid_grant"}
@@ -46,11 +51,8 @@ class AzureAdAuth(AuthBase):
         return self._app
 
     def token(self) -> str:
-        try:
-            with self._lock:
-                result = self._client().acquire_token_for_client(scopes=[self._settings.scope])
-        except (requests.RequestException, ValueError) as error:
-            raise TransientError(f"cannot get a token from Azure AD: {error.__class__.__name__}") from None
+        with translated(AZURE_AD_ERRORS), self._lock:
+            result = self._client().acquire_token_for_client(scopes=[self._settings.scope])
         if "access_token" in result:
             return result["access_token"]
         code = str(result.get("error", "unknown_error"))

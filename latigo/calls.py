@@ -40,10 +40,10 @@ _CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("call", def
 class CallTimedOut(TransientError):
     """A call did not end within its deadline (or its task's)."""
 
-    def __init__(self, message: str, *, task_expired: bool = False) -> None:
-        super().__init__(message)
-        # the task's time ran out, not the call's: the server is not to blame
-        self.task_expired = task_expired
+
+class TaskExpired(CallTimedOut):
+    """The task's time ran out, not the call's: the server is not to blame, and its
+    backend's table leaves the error a task's own rather than the server's outage."""
 
 
 @contextmanager
@@ -62,7 +62,7 @@ def remaining(limit: float) -> float:
     end = _TASK_END.get()
     left = limit if end is None else min(limit, end - monotonic())
     if left <= 0:
-        raise CallTimedOut("the task's deadline has passed", task_expired=True)
+        raise TaskExpired("the task's deadline has passed")
     return left
 
 
@@ -206,7 +206,8 @@ def deadline(limit: float) -> Iterator[_Call]:
     seconds, or what is left of the task; a cut call raises CallTimedOut. Exceptions raised
     inside because the deadline shut the socket become CallTimedOut too."""
     seconds = remaining(limit)
-    task_bound = seconds < limit  # cut by the task's deadline rather than the call's own
+    # cut by the task's deadline rather than the call's own
+    timed_out = TaskExpired if seconds < limit else CallTimedOut
     call = _Call()
     token = _CALL.set(call)
     _WATCHER.watch(monotonic() + seconds, call)
@@ -214,13 +215,13 @@ def deadline(limit: float) -> Iterator[_Call]:
         yield call
     except Exception as error:
         if call.expired:
-            raise CallTimedOut(f"no complete answer within {seconds:.3g} s", task_expired=task_bound) from error
+            raise timed_out(f"no complete answer within {seconds:.3g} s") from error
         raise
     finally:
         _CALL.reset(token)
         call.end()  # the watcher's entry stays until its time, and then does nothing
     if call.expired:  # cut just as it ended: a close-delimited body may look complete
-        raise CallTimedOut(f"no complete answer within {seconds:.3g} s", task_expired=task_bound)
+        raise timed_out(f"no complete answer within {seconds:.3g} s")
 
 
 def framed(headers: Any) -> bool:

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import alembic.command
 import sqlalchemy
 import sqlalchemy.exc
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, Dialect, Engine, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
 
-from alembic import command
-from latigo.errors import Unavailable
+from latigo.errors import Caught, Unavailable, translated
 
 # the alembic folder, at the top of the repository (and of the Docker image); Latigo runs
 # from a checkout or an editable install, which keeps it beside the package
@@ -38,6 +38,16 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 POSTGRES_TIMEOUTS = {"connect_timeout": 10, "tcp_user_timeout": 60_000, "keepalives_idle": 30}
 # rows per INSERT statement in bulk writes (SQLite allows 32766 bound parameters)
 BULK_ROWS = 2_000
+# what the database's failures are to Latigo: the driver's errors about the connection or the
+# server (SQLAlchemy wraps them in these two) mean it cannot be reached; others (a constraint
+# violated, bad SQL) are the caller's and leave as they are
+DATABASE_ERRORS = (
+    Caught(
+        (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError),
+        Unavailable,
+        "{dependency} unavailable: {error.orig!r:.480}",
+    ),
+)
 
 
 def create_engine(url: str, *, echo: bool = False) -> Engine:
@@ -99,7 +109,7 @@ def alembic_config(engine: Engine) -> AlembicConfig:
 
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest migration; safe to run at every start."""
-    command.upgrade(alembic_config(engine), "head")
+    alembic.command.upgrade(alembic_config(engine), "head")
 
 
 def dialect_insert(dialect: Dialect, table: Table):
@@ -143,9 +153,9 @@ class PreparedUpsert:
 
     For the few hundred rows of a window's predictions SQLAlchemy's per-row parameter work
     (a dict per row, every column's bind processor on every value) cost more than SQLite's own
-    work: 2.7 ms against 1.3 per 20-tag window. Here the caller binds each distinct value
-    once with :meth:`bind` (a window has three times and one project) and hands over plain
-    tuples in the table's column order."""
+    work (bench/README.md, "Figures behind the code"). Here the caller binds each distinct
+    value once with :meth:`bind` (a window has three times and one project) and hands over
+    plain tuples in the table's column order."""
 
     def __init__(self, engine: Engine, table: Table) -> None:
         dialect = engine.dialect
@@ -190,14 +200,10 @@ def insert_new(connection: Connection, table: Table, rows: Sequence[Mapping[str,
     return inserted
 
 
-@contextmanager
-def translate_outage(what: str) -> Iterator[None]:
+def translate_outage(what: str) -> AbstractContextManager[None]:
     """A database that cannot be reached is ``what`` being unavailable (latigo.outages
     probes it), not a crash."""
-    try:
-        yield
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
-        raise Unavailable(what, f"{what} unavailable: {error.orig!r}"[:500]) from None
+    return translated(DATABASE_ERRORS, what)
 
 
 def probe(engine: Engine) -> None:

@@ -18,10 +18,10 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
-import sqlalchemy.exc
 from sqlalchemy import Engine, delete, insert
 
-from latigo.errors import Unavailable
+from latigo.db import DATABASE_ERRORS
+from latigo.errors import Unavailable, caught
 from latigo.metrics import DEPENDENCY_UP, PAUSED
 from latigo.schema import dependency_outages
 
@@ -49,7 +49,7 @@ def dependency_of(error: BaseException) -> str | None:
     """The dependency an error may mean is down, or None for an error of the task's own."""
     if isinstance(error, Unavailable):
         return error.dependency
-    if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+    if caught(DATABASE_ERRORS, error) is not None:  # raised by the ledger or the queue, untranslated
         return DATABASE
     return None
 

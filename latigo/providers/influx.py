@@ -6,9 +6,9 @@ wrong timestamps with pandas 3 (it takes a non-nanosecond index for nanoseconds)
 InfluxDBClient retries on its own and raises its own exceptions, and neither takes a
 separate connect and read timeout. Here every call has both timeouts, and every failure
 leaves as Unavailable (connection refused, timeouts, 5xx: transient, and latigo.outages
-probes the server) or PermanentError (other
-4xx, errors in the query, an answer that is not InfluxDB's), so the executor's retry
-policy decides.
+probes the server) or PermanentError (other 4xx, errors in the query, an answer that is not
+InfluxDB's), as the tables ``INFLUX_ERRORS``, ``INFLUX_ANSWERS`` and
+``INFLUX_STATEMENT_ERRORS`` say, so the executor's retry policy decides.
 
 Quoting follows InfluxDB's own rules, so no tag name can change the meaning of a query
 or of a line: InfluxQL identifiers and strings escape backslash, the quote and newline
@@ -33,17 +33,18 @@ import requests
 
 from latigo import calls
 from latigo.config import InfluxConfig
-from latigo.errors import PermanentError, Unavailable
+from latigo.errors import Answered, Caught, PermanentError, Unavailable, answer_error, translated
 from latigo.window import utc
 
 # rows per chunk InfluxDB streams back, so a server's max-row-limit cannot truncate an answer
 QUERY_CHUNK = 10_000
-# bytes read from an answer at a time (requests' default of 512 made a week's read 2.4x slower:
-# bench/README.md, sensor reads)
+# bytes read from an answer at a time (requests' default of 512 was most of a week's read:
+# bench/README.md, "Sensor reads")
 READ_CHUNK = 1 << 16
 # 4xx statuses that a later retry can fix (request timeout, rate limiting)
 RETRYABLE_4XX = frozenset({408, 429})
-# how InfluxDB's errors about a missing database begin
+# how InfluxDB's errors about a missing database begin: InfluxDB 1.x gives its errors no code,
+# only the text of the JSON "error" field, so this text is the one signal of a missing database
 DATABASE_NOT_FOUND = "database not found"
 # the only status InfluxDB answers a successful write with; a 200 is someone else (a proxy)
 WRITE_OK = 204
@@ -123,6 +124,41 @@ def _batches(lines: Iterable[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
+class _DatabaseNotFound(PermanentError):
+    """A write met a missing database: create it, then write again."""
+
+
+# what the failures of a call to InfluxDB are (as for httpx's transport errors: the first row
+# whose class the exception is decides)
+INFLUX_ERRORS = (
+    # the task's time is up, not InfluxDB's fault: a task's own error
+    Caught(calls.TaskExpired, calls.TaskExpired, "InfluxDB {url}: {error}"),
+    Caught(calls.CallTimedOut, Unavailable, "InfluxDB {url}: {error}"),
+    # certificates and TLS settings do not heal by retrying (an SSLError is a ConnectionError)
+    Caught(requests.exceptions.SSLError, PermanentError, "InfluxDB {url}: {error}"),
+    Caught(
+        (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError),
+        Unavailable,
+        "InfluxDB {url}: {error}",
+    ),
+    Caught(requests.exceptions.RequestException, PermanentError, "InfluxDB {url}: {error}"),
+)
+# what InfluxDB's error answers are, by status and, for a missing database (the write of a
+# missing database is a 404 whose JSON error says so), by the start of the "error" field
+INFLUX_ANSWERS = (
+    Answered({404}, _DatabaseNotFound, "InfluxDB {url}: HTTP {status}: {detail}", detail=DATABASE_NOT_FOUND),
+    Answered(RETRYABLE_4XX, Unavailable, "InfluxDB {url}: HTTP {status}: {detail}"),
+    Answered(range(500, 1000), Unavailable, "InfluxDB {url}: HTTP {status}: {detail}"),
+    Answered(range(400, 500), PermanentError, "InfluxDB {url}: HTTP {status}: {detail}"),
+)
+# what an error inside a successful answer is: a statement that failed (a query of a missing
+# database is answered 200 with the error in its result)
+INFLUX_STATEMENT_ERRORS = (
+    Answered(range(200, 300), _DatabaseNotFound, "InfluxDB {url}: {detail}", detail=DATABASE_NOT_FOUND),
+    Answered(range(200, 300), PermanentError, "InfluxDB {url}: {detail}"),
+)
+
+
 def _error_text(response: requests.Response) -> str:
     try:
         document = response.json()
@@ -154,35 +190,19 @@ class InfluxHttp:
         """One HTTP call whose failures, including those while reading the body, come out as
         Latigo errors."""
         url = self.url + path
-        try:
-            with (
-                calls.deadline(self._limit),
-                self._session.request(method, url, timeout=self._timeout, **kwargs) as response,
-            ):
-                if response.status_code != WRITE_OK and not calls.framed(response.headers):
-                    raise Unavailable(self.dependency, f"InfluxDB {url}: the answer broke off in its headers")
-                if response.status_code >= 500 or response.status_code in RETRYABLE_4XX:
-                    raise Unavailable(
-                        self.dependency, f"InfluxDB {url}: HTTP {response.status_code}: {_error_text(response)}"
-                    )
-                if response.status_code >= 400:
-                    raise PermanentError(f"InfluxDB {url}: HTTP {response.status_code}: {_error_text(response)}")
-                yield response
-        except calls.CallTimedOut as error:
-            if error.task_expired:
-                raise
-            raise Unavailable(self.dependency, f"InfluxDB {url}: {error}") from None
-        except requests.exceptions.SSLError as error:
-            # certificates and TLS settings do not heal by retrying
-            raise PermanentError(f"InfluxDB {url}: {error}") from error
-        except (
-            requests.exceptions.ConnectionError,
-            requests.exceptions.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-        ) as error:
-            raise Unavailable(self.dependency, f"InfluxDB {url}: {error}") from error
-        except requests.exceptions.RequestException as error:
-            raise PermanentError(f"InfluxDB {url}: {error}") from error
+        with (
+            translated(INFLUX_ERRORS, self.dependency, url=url),
+            calls.deadline(self._limit),
+            self._session.request(method, url, timeout=self._timeout, **kwargs) as response,
+        ):
+            if response.status_code != WRITE_OK and not calls.framed(response.headers):
+                raise Unavailable(self.dependency, f"InfluxDB {url}: the answer broke off in its headers")
+            error = answer_error(
+                INFLUX_ANSWERS, response.status_code, self.dependency, lambda: _error_text(response), url=url
+            )
+            if error is not None:
+                raise error
+            yield response
 
     def ping(self) -> None:
         """Raise unless InfluxDB answers its /ping (204) now."""
@@ -248,24 +268,15 @@ class InfluxHttp:
 
     def _post_lines(self, body: bytes) -> None:
         params = {"db": self.database, "precision": "ns"}
-        try:
-            with self._exchange("POST", "/write", params=params, data=body) as response:
-                if response.status_code != WRITE_OK:
-                    raise PermanentError(
-                        f"InfluxDB {self.url}: a write was answered with HTTP {response.status_code}, "
-                        f"not {WRITE_OK}: not an InfluxDB server (a proxy's page?)"
-                    )
-        except PermanentError as error:
-            if f"HTTP 404: {DATABASE_NOT_FOUND}" in str(error):
-                raise _DatabaseNotFound(str(error)) from error
-            raise
+        with self._exchange("POST", "/write", params=params, data=body) as response:
+            if response.status_code != WRITE_OK:
+                raise PermanentError(
+                    f"InfluxDB {self.url}: a write was answered with HTTP {response.status_code}, "
+                    f"not {WRITE_OK}: not an InfluxDB server (a proxy's page?)"
+                )
 
     def close(self) -> None:
         self._session.close()
-
-
-class _DatabaseNotFound(PermanentError):
-    """A write met a missing database: create it, then write again."""
 
 
 def _series_of(document: bytes | str, url: str) -> Iterable[dict[str, Any]]:
@@ -276,9 +287,9 @@ def _series_of(document: bytes | str, url: str) -> Iterable[dict[str, Any]]:
         raise PermanentError(f"InfluxDB {url}: the answer is not JSON: {str(document)[:200]!r}") from error
     if not isinstance(parsed, dict):
         raise PermanentError(f"InfluxDB {url}: unexpected answer {str(document)[:200]!r}")
-    for error in [parsed.get("error")] + [result.get("error") for result in parsed.get("results") or []]:
-        if error:
-            missing = str(error).startswith(DATABASE_NOT_FOUND)
-            raise (_DatabaseNotFound if missing else PermanentError)(f"InfluxDB {url}: {error}")
+    for message in [parsed.get("error")] + [result.get("error") for result in parsed.get("results") or []]:
+        if message:
+            failed = answer_error(INFLUX_STATEMENT_ERRORS, 200, detail=str(message), url=url)
+            raise failed or PermanentError(f"InfluxDB {url}: {message}")
     for result in parsed.get("results") or []:
         yield from result.get("series") or []

@@ -27,7 +27,16 @@ from latigo import calls
 from latigo.cache import TtlCache
 from latigo.clock import Clock, system_clock
 from latigo.config import GordoConfig
-from latigo.errors import PermanentError, RevisionGone, TransientError, Unavailable
+from latigo.errors import (
+    Answered,
+    Caught,
+    PermanentError,
+    RevisionGone,
+    TransientError,
+    Unavailable,
+    answer_error,
+    translated,
+)
 from latigo.metrics import GORDO_CLIENT_SECONDS, GORDO_SERVER_SECONDS
 from latigo.outages import GORDO
 from latigo.providers.models import ModelExecutionProvider, ModelInformationProvider, ModelMetadata, wire
@@ -36,6 +45,32 @@ from latigo.providers.models import ModelExecutionProvider, ModelInformationProv
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 # of those, the ones that may mean Gordo as a whole is down or overloaded (latigo.outages probes it)
 UNAVAILABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
+# what the failures of a call to Gordo are (as for httpx's transport errors: the first row whose
+# class the exception is decides; a requests ConnectTimeout is a Timeout first)
+GORDO_ERRORS = (
+    # the task's time is up, not Gordo's fault: a task's own error
+    Caught(calls.TaskExpired, calls.TaskExpired, "{what}: {error}"),
+    Caught(calls.CallTimedOut, Unavailable, "{what}: Gordo gave no complete answer in time ({error})"),
+    Caught(requests.Timeout, Unavailable, "{what}: Gordo timed out ({name})"),
+    Caught(
+        (requests.ConnectionError, requests.exceptions.ChunkedEncodingError),
+        Unavailable,
+        "{what}: cannot reach Gordo at {base}: {name}",
+    ),
+    # while reading the body: cut short, timed out
+    Caught(urllib3.exceptions.HTTPError, Unavailable, "{what}: Gordo's answer broke off: {name}"),
+    Caught(requests.RequestException, PermanentError, "{what}: bad request to Gordo: {error}"),
+)
+# what Gordo's error answers are, by status
+GORDO_ANSWERS = (
+    Answered({410}, RevisionGone, "{what}: revision gone (410): {detail}"),
+    Answered(UNAVAILABLE_STATUSES, Unavailable, "{what}: Gordo answered {status}: {detail}"),
+    # one model's error (a 500 for its input), worth a retry
+    Answered(TRANSIENT_STATUSES, TransientError, "{what}: Gordo answered {status}: {detail}"),
+    Answered(range(400, 1000), PermanentError, "{what}: Gordo answered {status}: {detail}"),
+)
+# what a failed probe of Gordo's /healthcheck is: whatever the failure, Gordo cannot be reached now
+GORDO_PROBE_ERRORS = (Caught((requests.RequestException, calls.CallTimedOut), Unavailable, "Gordo at {base}: {name}"),)
 # longest piece of an error body quoted in an error message
 BODY_QUOTE = 300
 # the largest offset or lookback taken from metadata: a model looking back further (a year of
@@ -115,9 +150,10 @@ def _tag_list(value: Any, key: str, what: str) -> tuple[str, ...]:
         return ()
     if not isinstance(value, list):
         raise BadMetadata(f"{what}: dataset.{key} is {type(value).__name__}, not a list of tags")
-    names = tuple(tag.get("name") if isinstance(tag, dict) else tag for tag in value)
-    wrong = [name for name in names if not isinstance(name, str) or not name]
-    if wrong:
+    given = [tag.get("name") if isinstance(tag, dict) else tag for tag in value]
+    names = tuple(name for name in given if isinstance(name, str) and name)
+    if len(names) != len(given):
+        wrong = [name for name in given if not isinstance(name, str) or not name]
         raise BadMetadata(f"{what}: dataset.{key} has tags that are not names: {wrong[:5]!r}")
     if len(set(names)) != len(names):
         raise BadMetadata(f"{what}: dataset.{key} names a tag twice")
@@ -213,44 +249,23 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
         """One request, answer included, within connect + read timeout; statuses in
         ``passthrough`` are returned for the caller to decide."""
         url = f"{self._base}/gordo/v0/{path}"
-        try:
-            with self._slots:
-                started = monotonic()
-                with (
-                    calls.deadline(self._call_limit),
-                    self._session.request(method, url, timeout=self._timeout, stream=True, **kwargs) as response,
-                ):
-                    body = response.raw.read(decode_content=True)
-        except calls.CallTimedOut as error:
-            if error.task_expired:
-                raise calls.CallTimedOut(f"{what}: {error}", task_expired=True) from None
-            raise Unavailable(GORDO, f"{what}: Gordo gave no complete answer in time ({error})") from None
-        except requests.Timeout as error:
-            raise Unavailable(GORDO, f"{what}: Gordo timed out ({error.__class__.__name__})") from None
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
-            raise Unavailable(
-                GORDO, f"{what}: cannot reach Gordo at {self._base}: {error.__class__.__name__}"
-            ) from None
-        except urllib3.exceptions.HTTPError as error:  # while reading the body: cut short, timed out
-            raise Unavailable(GORDO, f"{what}: Gordo's answer broke off: {error.__class__.__name__}") from None
-        except requests.RequestException as error:
-            raise PermanentError(f"{what}: bad request to Gordo: {error}") from None
+        with translated(GORDO_ERRORS, GORDO, what=what, base=self._base), self._slots:
+            started = monotonic()
+            with (
+                calls.deadline(self._call_limit),
+                self._session.request(method, url, timeout=self._timeout, stream=True, **kwargs) as response,
+            ):
+                body = response.raw.read(decode_content=True)
         answer = Answer(response.status_code, response.headers, body, monotonic() - started)
         if not calls.framed(response.headers):
             # Gordo (gunicorn) frames every answer; headers without a length were cut short,
             # which http.client cannot tell from an answer that had no more headers
             raise Unavailable(GORDO, f"{what}: Gordo's answer broke off in its headers (no Content-Length)")
-        status = answer.status
-        if status in passthrough:
+        if answer.status in passthrough:
             return answer
-        if status == 410:
-            raise RevisionGone(f"{what}: revision gone (410): {answer.quote()}")
-        if status in UNAVAILABLE_STATUSES:
-            raise Unavailable(GORDO, f"{what}: Gordo answered {status}: {answer.quote()}")
-        if status in TRANSIENT_STATUSES:  # one model's error (a 500 for its input), worth a retry
-            raise TransientError(f"{what}: Gordo answered {status}: {answer.quote()}")
-        if status >= 400:
-            raise PermanentError(f"{what}: Gordo answered {status}: {answer.quote()}")
+        error = answer_error(GORDO_ANSWERS, answer.status, GORDO, answer.quote, what=what)
+        if error is not None:
+            raise error
         return answer
 
     def _json(self, path: str, what: str, **params: str) -> dict[str, Any]:
@@ -338,14 +353,12 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
 
     def probe(self) -> None:
         """Gordo's /healthcheck answers 200: the server as a whole is up."""
-        try:
-            with (
-                calls.deadline(self._call_limit),
-                self._session.get(f"{self._base}/healthcheck", timeout=self._timeout) as response,
-            ):
-                status = response.status_code
-        except (requests.RequestException, calls.CallTimedOut) as error:
-            raise Unavailable(GORDO, f"Gordo at {self._base}: {error.__class__.__name__}") from None
+        with (
+            translated(GORDO_PROBE_ERRORS, GORDO, base=self._base),
+            calls.deadline(self._call_limit),
+            self._session.get(f"{self._base}/healthcheck", timeout=self._timeout) as response,
+        ):
+            status = response.status_code
         if status != 200:
             raise Unavailable(GORDO, f"Gordo at {self._base}: /healthcheck answered {status}")
 

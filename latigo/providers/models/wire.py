@@ -2,16 +2,15 @@
 
 Requests: Gordo takes X and y as JSON or as parquet files. Its cost per request is mostly
 fixed, and for the few rows of a continuous window JSON is the cheaper of the two on both
-sides (measured here against Gordo 6.0.4: 5 rows, 20 tags, 28 ms of server time with JSON
-against 36 with parquet; equal at about 200 rows); above that parquet wins by more and more
-(JSON parsing in Gordo is per row), so larger frames travel as parquet. The two give
-identical answers.
+sides; for longer frames parquet wins by more and more (JSON parsing in Gordo is per row),
+so frames above ``JSON_MAX_ROWS`` travel as parquet. The two give identical answers.
 
-Answers: always parquet (``?format=parquet``: Gordo's JSON answers cost it several times
-more). A 5-row answer of a 20-tag model is ~100 columns and ~100 kB, mostly per-column
-metadata; reading it with pyarrow alone and building the frame from its columns takes a
-fifth of the time of ``pandas.read_parquet``, which rebuilds the two-level column index from
-the pandas metadata on every call.
+Answers: always parquet (``?format=parquet``: Gordo's JSON answers cost it more). An answer
+is mostly per-column metadata; reading it with pyarrow alone and building the frame from its
+columns is quicker than ``pandas.read_parquet``, which rebuilds the two-level column index
+from the pandas metadata on every call.
+
+The measurements behind both choices: bench/README.md, "Figures behind the code".
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ ANOMALY_GROUPS = (
     "total-anomaly-unscaled",
 )
 # frames with at most this many rows are sent as JSON, longer ones as parquet (the crossover
-# measured against Gordo 6.0.4: see the module docstring)
+# measured against Gordo 6.0.4: bench/README.md, "Figures behind the code")
 JSON_MAX_ROWS = 200
 
 
@@ -101,7 +100,7 @@ def _index_column(table: pa.Table, names: tuple[str, ...]) -> str:
     """The column pandas stored the index in, as its metadata names it."""
     metadata = (table.schema.metadata or {}).get(b"pandas")
     try:
-        (name,) = json.loads(metadata)["index_columns"]
+        (name,) = json.loads(metadata or b"{}")["index_columns"]
     except (TypeError, ValueError, KeyError):
         raise PermanentError("answer is not a prediction table: it has no single time index") from None
     if not isinstance(name, str) or name not in names:

@@ -82,13 +82,12 @@ class InfluxPredictions(PredictionStorageProvider):
     """
 
     def __init__(self, config: InfluxPredictionsConfig) -> None:
-        project_tag = config.project_tag
-        reserved = {MACHINE_TAG, SENSOR_TAG} | ({project_tag} if project_tag else set())
+        reserved = {MACHINE_TAG, SENSOR_TAG} | ({config.project_tag} if config.project_tag else set())
         clashing = reserved & set(config.extra_tags)
         if clashing:
             raise ValueError(f"extra_tags must not set {', '.join(sorted(clashing))}: Latigo sets them")
+        # predictions.project_tag, extra_tags and batch_size are read from here, the one path
         self._config = config
-        self._project_tag = project_tag
         self._http = InfluxHttp(config, PREDICTION_STORE)
 
     def store(self, project: str, model: str, revision: str, span: Window, predictions: pd.DataFrame) -> int:
@@ -100,8 +99,8 @@ class InfluxPredictions(PredictionStorageProvider):
             raise PermanentError(f"predictions of {project}/{model} need a UTC DatetimeIndex")
         check_inside(predictions, span)
         common = {MACHINE_TAG: model, **self._config.extra_tags}
-        if self._project_tag:
-            common[self._project_tag] = project
+        if self._config.project_tag:
+            common[self._config.project_tag] = project
         series, values = output_series(predictions)
         # every name is checked (escaped) before anything is deleted: a name line protocol
         # cannot carry must not leave the span emptied

@@ -11,6 +11,7 @@ from sqlalchemy import Engine, delete
 
 from latigo import db
 from latigo.frames import check_inside, output_series
+from latigo.outages import PREDICTION_STORE
 from latigo.providers.predictions import PredictionStorageProvider
 from latigo.schema import predictions as predictions_table
 from latigo.window import Window
@@ -40,7 +41,7 @@ class SqlPredictions(PredictionStorageProvider):
             for time, row in zip(times, values.tolist())
             for (output, tag), value in zip(series, row)
         ]
-        with db.translate_outage("prediction store"), self._engine.begin() as connection:
+        with db.translate_outage(PREDICTION_STORE), self._engine.begin() as connection:
             connection.execute(stale)
             return self._upsert.execute(connection, rows)
 

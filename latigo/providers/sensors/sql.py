@@ -4,6 +4,7 @@ embedded default, fed by the demo and by anyone who can write rows."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 
 import numpy as np
@@ -11,6 +12,7 @@ import pandas as pd
 from sqlalchemy import DateTime, Engine, String, func, select, type_coerce
 
 from latigo import db, frames
+from latigo.outages import SENSOR_STORE
 from latigo.providers.sensors import SensorDataProvider, SensorInformationProvider
 from latigo.schema import sensor_data
 
@@ -47,10 +49,8 @@ class SqlSensors(SensorInformationProvider, SensorDataProvider):
         values: list[np.ndarray] = []
         with _available(), self._engine.connect() as connection:
             result = connection.execute(self._query(tags, start, end, self._raw_time))
-            # batch by batch into arrays: a week of a 20-tag model is 200,000 rows, and as
-            # Python row objects all at once they would hold 50 MB more at the peak. (The
-            # driver holds the result in its own compact form meanwhile: a server-side cursor,
-            # SQLAlchemy's yield_per, cost PostgreSQL 0.6 ms more per continuous window.)
+            # batch by batch into arrays, not as Python row objects all at once; no
+            # server-side cursor (yield_per): bench/README.md, "Figures behind the code"
             for rows in result.partitions(READ_BATCH):
                 batch_times, batch_names, batch_values = zip(*rows)
                 times.append(_datetime64(batch_times))
@@ -85,13 +85,14 @@ class SqlSensors(SensorInformationProvider, SensorDataProvider):
             return db.upsert(connection, sensor_data, rows)
 
 
-def _available():
-    return db.translate_outage("sensor store")
+def _available() -> AbstractContextManager[None]:
+    return db.translate_outage(SENSOR_STORE)
 
 
 def _datetime64(times: Sequence[str | datetime]) -> np.ndarray:
-    """Naive UTC times as the driver gave them, in bulk: numpy parses SQLite's text ten times
-    faster than pandas, pandas converts PostgreSQL's datetimes ten times faster than numpy."""
+    """Naive UTC times as the driver gave them, in bulk: numpy parses SQLite's text, pandas
+    converts PostgreSQL's datetimes, each the faster of the two (bench/README.md, "Figures
+    behind the code")."""
     if isinstance(times[0], str):
         return np.array(times, dtype="datetime64[us]")
     return pd.DatetimeIndex(times).as_unit("us").to_numpy()
