@@ -10,7 +10,8 @@ import pandas as pd
 
 
 class SensorInformationProvider(ABC):
-    """Which sensors the store knows."""
+    """Which sensors the store knows. Nothing outside the tests asks yet: kept for issue 15,
+    which checks a model's tags against the store with it."""
 
     @abstractmethod
     def sensors(self) -> list[str]:
