@@ -4,8 +4,7 @@ read time and memory.
 Every server is bound to 127.0.0.1 and stopped (by its own PID, or ``pg_ctl stop``) when
 its context manager exits, whatever happened inside. The servers are the same ones the
 tests use: the local Gordo of ``latigo.demo.gordo`` and the PostgreSQL and InfluxDB
-classes of ``tests/postgres_fixture.py`` and ``tests/influx_fixture.py`` (which report a
-failure with ``pytest.fail``: outside pytest that is simply an exception).
+classes of ``latigo.demo.servers`` (a failure to start raises ``ServerError``).
 """
 
 from __future__ import annotations
@@ -80,7 +79,7 @@ def gordo_server(
 @contextlib.contextmanager
 def postgres_server():
     """A fresh PostgreSQL 15 cluster (initdb in a temporary folder, fsync off), removed at the end."""
-    from tests.postgres_fixture import PostgresServer
+    from latigo.demo.servers import PostgresServer
 
     server = PostgresServer.create()
     try:
@@ -97,7 +96,7 @@ def postgres_pid(server) -> int:
 @contextlib.contextmanager
 def influx_server():
     """A fresh InfluxDB 1.x (influxd in a temporary folder), stopped and deleted at the end."""
-    from tests.influx_fixture import InfluxServer
+    from latigo.demo.servers import InfluxServer
 
     root = Path(tempfile.mkdtemp(prefix="latigo-bench-influx-"))
     server = InfluxServer(root)

@@ -20,9 +20,9 @@ from pathlib import Path
 from sqlalchemy import insert
 
 from bench import _services as services
-from bench.fleet import FLEET_REVISION, Fleet
 from latigo.components import build
 from latigo.config import Config, parse_duration
+from latigo.demo.fleet import FLEET_REVISION, Fleet
 from latigo.ledger import State
 from latigo.scheduler import Scheduler
 from latigo.schema import ledger

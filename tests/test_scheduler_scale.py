@@ -1,7 +1,7 @@
 """Publishing for thousands of models takes a few round trips, not one per model.
 
 Counted, not timed: the number of SQL statements a tick sends must not grow with the number
-of models. (Discovery is answered by bench.fleet's list: no Gordo here serves 9,000 models.)
+of models. (Discovery is answered by latigo.demo.fleet's list: no Gordo here serves 9,000 models.)
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from datetime import datetime, timezone
 
 from sqlalchemy import event
 
-from bench.fleet import Fleet
 from latigo.components import build
 from latigo.config import Config
+from latigo.demo.fleet import Fleet
 from latigo.scheduler import Scheduler
 
 NOW = datetime(2026, 3, 2, 12, 7, tzinfo=timezone.utc)

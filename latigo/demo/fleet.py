@@ -2,7 +2,9 @@
 
 No Gordo here can serve thousands of models (each is a trained model on disk and in
 memory), so discovery is answered from a list: only what cannot run here is stood in for.
-Everything downstream of discovery (ledger, queue, database) is real.
+Everything downstream of discovery (ledger, queue, database) is real. It lives here, with
+the demo's other stand-ins, because both the benchmarks and the tests use it, and neither
+imports the other.
 """
 
 from __future__ import annotations
