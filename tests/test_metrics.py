@@ -83,6 +83,32 @@ def test_probes_follow_the_main_loop():
         server.server_close()
 
 
+def test_the_leader_measures_dead_letters_and_lags_from_the_ledger(tmp_path):
+    from datetime import datetime, timezone
+
+    from latigo.config import Config
+    from latigo.ledger import PlannedWindow, State
+    from latigo.task import Task
+    from latigo.window import Window
+
+    now = datetime(2026, 3, 2, 12, 37, tzinfo=timezone.utc)
+    recent = Window(datetime(2026, 3, 2, 11, 30, tzinfo=timezone.utc), datetime(2026, 3, 2, 12, tzinfo=timezone.utc))
+    old = Window(recent.start - timedelta(days=2), recent.end - timedelta(days=2))
+    with build(Config(database={"url": f"sqlite:///{tmp_path}/latigo.db"}), clock=Clock(now)) as parts:
+        for model, window in (("fresh", recent), ("stale", old)):
+            parts.ledger.plan([PlannedWindow("p", model, "1", window)])
+            done = Task(project="p", model=model, revision="1", start=window.start, end=window.end)
+            parts.ledger.finish(done, State.DONE)
+        parts.ledger.dead_letter(b"{}", "malformed", "not JSON", 0)
+        metrics.MODEL_LAG.labels("p", "gone").set(1.0)  # a model the ledger no longer has recently
+        metrics.observe_ledger(parts.engine, now, since=now - timedelta(days=1))
+    assert sample("latigo_dead_letters") == 1
+    assert sample("latigo_model_lag_seconds", project="p", model="fresh") == 37 * 60
+    # only models done since the cutoff are measured: the others' series are gone
+    assert REGISTRY.get_sample_value("latigo_model_lag_seconds", {"project": "p", "model": "stale"}) is None
+    assert REGISTRY.get_sample_value("latigo_model_lag_seconds", {"project": "p", "model": "gone"}) is None
+
+
 def test_a_taken_port_costs_the_metrics_not_the_process():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
