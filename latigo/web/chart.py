@@ -66,6 +66,7 @@ class Scale:
         return self.pixel_low + (value - self.low) * (self.pixel_high - self.pixel_low) / (self.high - self.low)
 
 
+# one value of a series at its moment
 Point = tuple[datetime, float]
 
 
