@@ -116,6 +116,7 @@ def test_a_taken_port_costs_the_metrics_not_the_process():
         assert metrics.serve("127.0.0.1", taken.getsockname()[1]) is None
 
 
+@pytest.mark.integration  # latigo run: a supervisor process and its children, on a database
 def test_latigo_run_children_serve_their_own_ports(tmp_path):
     port = free_port()
     config = tmp_path / "latigo.yaml"

@@ -25,6 +25,8 @@ from latigo.schema import ledger, predictions
 from latigo.status import prediction_duplicates
 from latigo.window import Grid
 
+pytestmark = pytest.mark.integration  # latigo (and for the demo, Gordo) as real processes
+
 # how long the demo may take to predict every due window (Gordo setup is cached by then)
 E2E_DEADLINE_S = 180
 # how often the test looks at the ledger while it waits

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.integration  # each test runs latigo processes on a database and signals them
+
 # a stop must not wait for the next tick (30 s here): it should take about a second
 STOP_BOUND_S = 10
 # how long a process may take to start and reach its loop

@@ -9,11 +9,15 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from latigo.components import build
 from latigo.config import Config
 from latigo.ledger import Outcome, PlannedWindow, State
 from latigo.task import Task
 from latigo.window import Window
+
+pytestmark = pytest.mark.integration  # each test runs latigo status as a process on its database
 
 START = datetime(2026, 3, 2, 10, tzinfo=timezone.utc)
 HALF_HOUR = timedelta(minutes=30)

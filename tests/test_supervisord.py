@@ -29,6 +29,8 @@ from typing import Any, Callable, Iterator, TypeVar
 import pytest
 from supervisor.xmlrpc import SupervisorTransport
 
+pytestmark = pytest.mark.integration  # a real supervisord running the scheduler and executors
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "supervisord.conf"
 # the virtualenv's bin folder, where pip put supervisord, supervisorctl and latigo
