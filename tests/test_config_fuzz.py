@@ -31,7 +31,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from latigo.cli import main
-from latigo.config import BACKENDS, Config, _models_in
+from latigo.config import BACKENDS, Config
+from latigo.config.schema import models_in
 
 # the secret put in every secret place of the base configurations: no output may hold it
 SECRET = "Fz8-q0uiet-S3CRET-w4lrus"
@@ -79,11 +80,11 @@ def _key_paths() -> list[tuple[str, ...]]:
     """Every key of the schema, backend types' keys included, as paths."""
     paths = []
     for section, field in Config.model_fields.items():
-        models = list(BACKENDS.get(section, ())) or _models_in(field.annotation)
+        models = list(BACKENDS.get(section, ())) or models_in(field.annotation)
         for model in models:
             for name, inner in model.model_fields.items():
                 paths.append((section, name))
-                for nested in _models_in(inner.annotation):
+                for nested in models_in(inner.annotation):
                     paths.extend((section, name, key) for key in nested.model_fields)
     paths += [("queue", "options", "max.poll.interval.ms"), ("predictions", "extra_tags", "site")]
     return sorted(set(paths))

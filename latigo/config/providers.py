@@ -1,0 +1,87 @@
+"""The sections of the providers Latigo calls: Gordo for models (optionally behind Azure AD),
+and the sensor and prediction stores, each either the Latigo database (``sql``, the embedded
+default) or InfluxDB 1.x. Every HTTP server has both timeouts, so no call can block forever.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr
+
+from latigo.config.sections import Section
+from latigo.config.urls import HttpsUrlText, HttpUrlText
+from latigo.config.values import MAX_COUNT, Count, Name, Parallel, PositiveDuration, Timeout
+
+
+class HttpConfig(Section):
+    """Timeouts for one HTTP server; every call has both, so no call can block forever."""
+
+    connect_timeout: Timeout = 3.05
+    read_timeout: Timeout = 60.0
+
+
+class AzureAdConfig(Section):
+    """Client credentials for a Gordo behind Azure AD."""
+
+    authority: HttpsUrlText = Field(description="https://login.microsoftonline.com/<tenant id>")
+    client_id: Name
+    client_secret: SecretStr
+    scope: Name = Field(description="the Gordo application's scope, e.g. api://<app id>/.default")
+    # false for an authority msal cannot look up at Microsoft (Azure Stack, private clouds)
+    instance_discovery: bool = True
+
+
+class GordoConfig(HttpConfig):
+    """Gordo as ModelInformationProvider and ModelExecutionProvider."""
+
+    type: Literal["gordo"] = "gordo"
+    base_url: HttpUrlText = "http://127.0.0.1:5555"
+    projects: list[Name] = Field(default_factory=lambda: ["demo"], min_length=1)
+    metadata_ttl: PositiveDuration = timedelta(minutes=10)
+    max_concurrency: Parallel = 4
+    data_margin: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 2
+    # Azure AD client credentials, when Gordo sits behind Azure AD
+    auth: AzureAdConfig | None = None
+
+
+class SqlSensorsConfig(Section):
+    """Sensor data in the Latigo database's ``sensor_data`` table (the embedded default)."""
+
+    type: Literal["sql"] = "sql"
+
+
+class InfluxConfig(HttpConfig):
+    """An InfluxDB 1.x server."""
+
+    url: HttpUrlText = "http://127.0.0.1:8086"
+    database: Name = "latigo"
+    username: str = ""
+    password: SecretStr = SecretStr("")
+
+
+class InfluxSensorsConfig(InfluxConfig):
+    """Sensor data in InfluxDB 1.x: one measurement, the tag name in a tag key, one value field."""
+
+    type: Literal["influx"]
+    measurement: Name = "sensors"
+    tag_key: Name = "tag"
+    field: Name = "value"
+
+
+class SqlPredictionsConfig(Section):
+    """Predictions in the Latigo database's ``predictions`` table."""
+
+    type: Literal["sql"] = "sql"
+
+
+class InfluxPredictionsConfig(InfluxConfig):
+    """Predictions in InfluxDB 1.x, laid out like gordo-client's forwarder."""
+
+    type: Literal["influx"]
+    extra_tags: dict[str, str] = Field(default_factory=dict)
+    batch_size: Count = 10000
+    # a tag key for the project (none in gordo-client's layout): needed when two projects
+    # share the database and a model name, or their points would be one series
+    project_tag: str = ""
