@@ -34,7 +34,9 @@ RUN groupadd --system --gid 10001 latigo \
 
 WORKDIR /app
 
-# the pinned dependencies first: this layer is rebuilt only when requirements.txt changes
+# the pinned runtime dependencies first: this layer is rebuilt only when requirements.txt
+# changes. The test tools (test_requirements.txt: pytest, hypothesis, the Kafka broker,
+# ruff, mypy) stay out of the image.
 COPY requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
 
