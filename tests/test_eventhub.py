@@ -2,7 +2,8 @@
 
 No Azure Event Hubs can run here: the azure-eventhub SDK needs the ``$cbs`` and
 ``$management`` AMQP nodes that only the service (or its Docker-only emulator) provides, and
-neither is reachable from this machine (see /work/shared/reference/services.md). So:
+neither is reachable from this machine (see the reference's services.md, in
+``../shared/reference/`` beside the checkout). So:
 
 - ``SqlCheckpointStore`` is tested for real, on SQLite and PostgreSQL: ownership claims with
   etags, claim races between threads, checkpoints.
@@ -29,7 +30,7 @@ from pydantic import ValidationError
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.eventhub import EventData, EventDataBatch, EventHubConsumerClient, EventHubProducerClient
 from azure.eventhub._constants import PROP_OFFSET, PROP_SEQ_NUMBER, PROP_TIMESTAMP
-from azure.eventhub.exceptions import AuthenticationError, ConnectionLostError, EventHubError
+from azure.eventhub.exceptions import AuthenticationError, ConnectionLostError, EventDataError, EventHubError
 from sqlalchemy import Engine, select
 
 from latigo import db
@@ -37,7 +38,8 @@ from latigo.config import EventHubQueueConfig
 from latigo.errors import PermanentError, TransientError
 from latigo.queues import Message
 from latigo.queues import eventhub
-from latigo.queues.eventhub import EventHubQueue, SqlCheckpointStore, partition_for
+from latigo.queues.eventhub import EventHubQueue, partition_for
+from latigo.queues.eventhub_checkpoints import SqlCheckpointStore
 from latigo.queues.partitions import DELIVERIES, NOT_BEFORE
 from latigo.schema import eventhub_checkpoints, eventhub_ownership
 
@@ -577,6 +579,9 @@ def test_sdk_errors_become_transient_or_permanent(hub: FakeEventHub, sqlite_engi
             queue.publish([b"task"], ["demo/pump-1"])
         producer.failure = AuthenticationError("unauthorized")
         with pytest.raises(PermanentError, match="AuthenticationError"):
+            queue.publish([b"task"], ["demo/pump-1"])
+        producer.failure = EventDataError("the event is malformed")
+        with pytest.raises(PermanentError, match="EventDataError: the event is malformed"):
             queue.publish([b"task"], ["demo/pump-1"])
         producer.failure = None
         with pytest.raises(PermanentError, match="does not fit in a batch"):

@@ -35,7 +35,8 @@ from latigo.demo.models import model_names, tags_of
 from latigo.errors import PermanentError, TransientError
 from latigo.ledger import State
 from latigo.queues import kafka
-from latigo.queues.kafka import KafkaQueue, client_settings, event_hubs_settings, translate
+from latigo.queues.kafka import KafkaQueue
+from latigo.queues.kafka_clients import client_settings, event_hubs_settings, translate
 from latigo.queues.partitions import DELIVERIES, NOT_BEFORE, PartitionTracker, read_marks, retry_marks
 from latigo.schema import dead_letters, ledger, predictions
 from latigo.window import Grid

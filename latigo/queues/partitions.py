@@ -1,6 +1,7 @@
-"""What the partitioned backends (``kafka``, ``eventhub``) share: acknowledging messages out
-of order on a log that only remembers one position per partition, and retries with a delay
-on a log that cannot hide a message.
+"""The bookkeeping of the partitioned backends (``kafka``, ``eventhub``; their shared queue
+logic is latigo.queues.partitioned): acknowledging messages out of order on a log that only
+remembers one position per partition, and retries with a delay on a log that cannot hide a
+message.
 
 A log's consumer commits (Kafka) or checkpoints (Event Hubs) one position per partition,
 and that position covers every earlier message of the partition. An executor works on
@@ -34,6 +35,7 @@ DELIVERIES = "latigo-deliveries"
 # header or property: the message must not be handed out before this time (UTC epoch milliseconds)
 NOT_BEFORE = "latigo-not-before"
 
+# what a backend needs, besides the position, to commit a received message
 Token = TypeVar("Token")
 
 
@@ -91,10 +93,6 @@ class PartitionTracker(Generic[Token]):
         with self._lock:
             self._partitions.pop(partition, None)
 
-    def owned(self) -> list[Hashable]:
-        with self._lock:
-            return list(self._partitions)
-
     def current(self, partition: Hashable, generation: int) -> bool:
         """Whether a message received under ``generation`` still belongs to this owner."""
         with self._lock:
@@ -127,10 +125,6 @@ class PartitionTracker(Generic[Token]):
                 state.pending.popitem(last=False)
                 last = (first, token)
             return last
-
-    def in_flight(self) -> int:
-        with self._lock:
-            return sum(len(state.pending) for state in self._partitions.values())
 
 
 class HoldBack:
