@@ -12,6 +12,7 @@ import threading
 import time
 from datetime import timedelta
 
+import pytest
 import requests
 from prometheus_client import REGISTRY
 
