@@ -85,23 +85,27 @@ class Grid:
         A generator, so that counting the runs of a long range (``latigo backfill``) holds
         one run at a time; a repeated start is skipped, one out of order raises ValueError."""
         per_run = self.per_run(max_span)
-        interval, anchor = self.interval, self.anchor
+        interval = self.interval
         run_start: datetime | None = None
-        run_end = previous = None
+        run_end: datetime | None = None
         length = 0
         for start in starts:
-            if previous is not None and start <= previous:
+            if start == run_end and length < per_run:  # the next window of the run: on the grid, in order
+                run_end, length = run_end + interval, length + 1
+                continue
+            if run_end is not None and start != run_end:  # not the next window: a repeat, a gap or wrong
+                previous = run_end - interval
                 if start == previous:
                     continue
-                raise ValueError(f"{start.isoformat()} comes after {previous.isoformat()}: give starts oldest first")
-            if (start - anchor) % interval:
+                if start < previous:
+                    raise ValueError(
+                        f"{start.isoformat()} comes after {previous.isoformat()}: give starts oldest first"
+                    )
+            if not self.is_aligned(start):
                 raise ValueError(f"{start.isoformat()} is not on the grid")
-            previous = start
-            if run_end == start and length < per_run:
-                run_end, length = start + interval, length + 1
-                continue
             if run_start is not None and run_end is not None:
                 yield Window(run_start, run_end)
-            run_start, run_end, length = start, start + interval, 1
+            run_start = utc(start)
+            run_end, length = run_start + interval, 1
         if run_start is not None and run_end is not None:
             yield Window(run_start, run_end)
