@@ -493,6 +493,26 @@ def test_checkpoints_follow_the_first_unacknowledged_event(
     assert offset == hub.stored(partition)[4]["offset"]
 
 
+def test_a_checkpoint_that_cannot_be_written_is_written_with_the_next_acknowledgement(
+    hub: FakeEventHub, make_queue, sqlite_engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = make_queue()
+    queue.publish([b"task-0", b"task-1"], ["demo/pump-1"] * 2)
+    [partition] = {partition for partition, _ in hub.sends}
+    messages = receive_until(queue, 2)
+
+    with sqlite_engine.begin() as connection:  # the checkpoint store's table is gone for a while
+        connection.exec_driver_sql("ALTER TABLE eventhub_checkpoints RENAME TO checkpoints_away")
+    queue.ack(messages[0])  # logged, not raised
+    with sqlite_engine.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE checkpoints_away RENAME TO eventhub_checkpoints")
+
+    assert checkpoints(sqlite_engine) == {}
+    assert f"commit of partition {partition} failed, retried with the next one" in caplog.text
+    queue.ack(messages[1])
+    assert checkpoints(sqlite_engine) == {partition: 1}
+
+
 def test_executors_share_the_partitions_through_the_store(
     hub: FakeEventHub, make_queue, sqlite_engine
 ) -> None:
