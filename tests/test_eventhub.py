@@ -21,23 +21,23 @@ The shared queue contract (tests/test_queue_contract.py) runs on these stand-ins
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from time import monotonic
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-from pydantic import ValidationError
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.eventhub import EventData, EventDataBatch, EventHubConsumerClient, EventHubProducerClient
 from azure.eventhub._constants import PROP_OFFSET, PROP_SEQ_NUMBER, PROP_TIMESTAMP
 from azure.eventhub.exceptions import AuthenticationError, ConnectionLostError, EventDataError, EventHubError
+from pydantic import ValidationError
 from sqlalchemy import Engine, select
 
 from latigo import db
 from latigo.config import EventHubQueueConfig
 from latigo.errors import PermanentError, TransientError
-from latigo.queues import Message
-from latigo.queues import eventhub
+from latigo.queues import Message, eventhub
 from latigo.queues.eventhub import EventHubQueue, partition_for
 from latigo.queues.eventhub_checkpoints import SqlCheckpointStore
 from latigo.queues.partitions import DELIVERIES, NOT_BEFORE

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -176,7 +176,7 @@ def test_an_acknowledgement_from_before_a_revocation_moves_nothing() -> None:
 
 
 def test_retry_marks_survive_any_encoding_and_bad_ones_are_ignored() -> None:
-    when = datetime(2026, 3, 2, 12, 0, 0, 123000, tzinfo=timezone.utc)
+    when = datetime(2026, 3, 2, 12, 0, 0, 123000, tzinfo=UTC)
     marks = retry_marks(3, when)
     as_kafka = [(name, value.encode()) for name, value in marks.items()]
     as_amqp = {name.encode(): value.encode() for name, value in marks.items()}
@@ -383,7 +383,7 @@ def test_executors_share_partitions_and_one_killed_mid_task_loses_and_duplicates
             )  # fmt: skip
 
     try:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         feed(parts.sensors, now - BACKFILL - timedelta(hours=3), Grid(timedelta(minutes=1)).floor(now))
 
         # both executors join the group (and create the topic) before there is any work
@@ -442,7 +442,7 @@ def test_executors_share_partitions_and_one_killed_mid_task_loses_and_duplicates
                     predictions.c.model, predictions.c.time
                 )
             ).all()
-        per_step = {(model, moment.astimezone(timezone.utc)): count for model, moment, count in found}
+        per_step = {(model, moment.astimezone(UTC)): count for model, moment, count in found}
         assert len(rows) == len(planned) and {(model, start) for model, start, _ in rows} == planned
         assert {state for _, _, state in rows} == {State.DONE}
         assert letters == 0
