@@ -32,6 +32,8 @@ from latigo.providers.models.gordo import GordoModels
 from tests.clock import Clock
 from tests.test_pipeline import NOW, make_config
 
+pytestmark = pytest.mark.integration  # every test calls the real Gordo server
+
 # what must never show anywhere
 SECRET = "s3cr3t-Client-Value-never-log-me"
 SCOPE = "api://gordo/.default"

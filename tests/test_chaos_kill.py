@@ -40,6 +40,8 @@ from latigo.ledger import State
 from latigo.schema import dead_letters, ledger, predictions, task_queue
 from latigo.window import Grid
 
+pytestmark = pytest.mark.integration  # latigo processes killed mid-task against real Gordo, PostgreSQL and InfluxDB
+
 # the demo models' resolution: one prediction per 10 minutes
 STEP = timedelta(minutes=10)
 INTERVAL = timedelta(minutes=30)

@@ -29,6 +29,8 @@ from latigo.task import Task
 from tests.clock import Clock
 from tests.test_pipeline import NOW, make_config
 
+pytestmark = pytest.mark.integration  # every test predicts with the real Gordo server
+
 START = NOW.replace(minute=0) - timedelta(hours=1)
 WINDOW_END = START + timedelta(minutes=30)
 TAGS = tags_of("pump-1")

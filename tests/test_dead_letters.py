@@ -23,6 +23,8 @@ from tests.clock import Clock
 from tests.fault_proxy import FaultProxy, always
 from tests.test_pipeline import NOW, make_config
 
+pytestmark = pytest.mark.integration  # the real Gordo server, behind the fault proxy for the failures
+
 HOUR = NOW.replace(minute=0)
 
 

@@ -28,6 +28,8 @@ from latigo.window import Grid
 from tests.clock import Clock
 from tests.test_pipeline import NOW
 
+pytestmark = pytest.mark.integration  # discovery and runs against the real Gordo server
+
 HALF_HOUR = timedelta(minutes=30)
 GRID = Grid(HALF_HOUR)
 
