@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -30,6 +29,8 @@ from typing import Any
 
 import psycopg
 import requests
+
+from latigo.demo.gordo import free_port
 
 # where Debian's postgresql-15 package puts the server binaries
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -78,13 +79,6 @@ bind-address = "127.0.0.1:{rpc_port}"
 
 class ServerError(RuntimeError):
     """A local server could not be set up, started or stopped; the message ends with its log."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class PostgresServer:
