@@ -53,10 +53,9 @@ def make_config(database_url: str, gordo_url: str, **executor: object) -> Config
 
 @pytest.fixture
 def parts(database_url, gordo_server, clock):
-    components = build(make_config(database_url, gordo_server.base_url), clock=clock)
-    feed(components.sensors, NOW - timedelta(hours=5), NOW)
-    yield components
-    components.close()
+    with build(make_config(database_url, gordo_server.base_url), clock=clock) as components:
+        feed(components.sensors, NOW - timedelta(hours=5), NOW)
+        yield components
 
 
 def scheduler_for(parts: Components) -> Scheduler:
