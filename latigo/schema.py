@@ -47,7 +47,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r} given to the database: use UTC")
         value = value.astimezone(UTC)
-        return value if self.impl.timezone and dialect.name == "postgresql" else value.replace(tzinfo=None)
+        zoned = getattr(self.impl_instance, "timezone", False)
+        return value if zoned and dialect.name == "postgresql" else value.replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
         if value is None:

@@ -32,7 +32,7 @@ def backend_type(value: Any) -> str:
 
 def tag(section: type[BaseModel]) -> str:
     """The ``type:`` that chooses ``section``: the one value of its ``type`` field's Literal."""
-    return section.model_fields["type"].annotation.__args__[0]
+    return get_args(section.model_fields["type"].annotation)[0]
 
 
 # the sensor store, chosen by sensors.type; the first member is the default

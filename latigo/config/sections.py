@@ -98,7 +98,7 @@ class ExecutorConfig(Section):
     missing_tags: Literal["no_data", "retry", "dead"] = "no_data"
     shutdown_grace: NonNegativeDuration = timedelta(seconds=30)
     # a bigger queue message is dead-lettered unread: a task is a few hundred bytes
-    max_message_size: ByteSize = Field(ByteSize(1 << 20), gt=0, le=MAX_MESSAGE_BYTES)
+    max_message_size: ByteSize = Field(default=ByteSize(1 << 20), gt=0, le=MAX_MESSAGE_BYTES)
 
     @model_validator(mode="after")
     def _backoff_grows(self) -> ExecutorConfig:
@@ -122,7 +122,7 @@ class MetricsConfig(Section):
     ports upwards from this one)."""
 
     host: str = "127.0.0.1"
-    port: int | None = Field(9100, ge=0, le=65535)
+    port: int | None = Field(default=9100, ge=0, le=65535)
 
 
 class LoggingConfig(Section):

@@ -12,6 +12,7 @@ from typing import Annotated
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator
+from sqlalchemy.engine.default import DefaultDialect
 
 from latigo.config.errors import quote
 
@@ -77,6 +78,8 @@ def _database_url(value: str) -> str:
         raise ValueError(f"the {dialect.driver} driver for {backend} is not installed") from None
     try:
         if url.port is not None and not 0 < url.port < 65536:
+            raise ValueError
+        if not issubclass(dialect, DefaultDialect):  # every dialect SQLAlchemy ships is one
             raise ValueError
         dialect(dbapi=dbapi).create_connect_args(url)
     except Exception:  # ArgumentError: a sqlite URL with a host, say

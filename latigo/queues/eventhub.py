@@ -106,7 +106,7 @@ class _Receipt(Receipt[str]):
 
 
 def _body(event: EventData) -> bytes:
-    body = event.body
+    body: Any = event.body  # bytes, or the sections of a data body: the SDK's annotation is wider
     if isinstance(body, (bytes, bytearray, memoryview)):
         return bytes(body)
     if isinstance(body, str):
@@ -200,7 +200,8 @@ class EventHubQueue(PartitionedQueue[str, _Checkpoint]):
                 partition = ids[index % len(ids)]
             event = EventData(record.body)
             if record.marks is not None:
-                event.properties = dict(record.marks)
+                properties: dict[str | bytes, Any] = {key: value for key, value in record.marks.items()}
+                event.properties = properties
             by_partition.setdefault(partition, []).append(event)
         with translated(ERRORS, what="publishing"):
             for partition, events in by_partition.items():
@@ -274,6 +275,8 @@ class EventHubQueue(PartitionedQueue[str, _Checkpoint]):
         if event is None:
             return
         properties = event.properties.items() if event.properties else ()
+        if event.sequence_number is None:  # only events not yet sent have none
+            return
         item = self._received(context.partition_id, event.sequence_number, (context, event), _body(event), properties)
         if item is None:
             return

@@ -316,11 +316,15 @@ class KafkaQueue(PartitionedQueue[tuple[str, int], None]):
             records = [first] + (consumer.consume(limit - 1, 0) if limit > 1 else [])
         received = []
         for record in records:
-            if record.error() is not None:
-                self._record_error(record.error())
+            error = record.error()
+            if error is not None:
+                self._record_error(error)
                 continue
-            where = (record.topic(), record.partition())
-            item = self._received(where, record.offset(), None, record.value() or b"", record.headers(), record.key())
+            topic, partition, offset = record.topic(), record.partition(), record.offset()
+            if topic is None or partition is None or offset is None:  # only a produced record lacks them
+                continue
+            where = (topic, partition)
+            item = self._received(where, offset, None, record.value() or b"", record.headers(), record.key())
             if item is None:  # librdkafka drops a revoked partition's records; be safe anyway
                 log.debug("record of unassigned partition %s skipped", where)
                 continue
