@@ -141,7 +141,7 @@ def worker() -> None:
     config = load_config()
     logs.configure(config.logging)
     parts = build(config)
-    parts.sensors = parts.sensor_info = SignalSensors()
+    parts.sensors = SignalSensors()
     try:
         run_executor(parts)
     finally:

@@ -21,7 +21,7 @@ from latigo.ledger import Ledger
 from latigo.providers.models import ModelExecutionProvider, ModelInformationProvider
 from latigo.providers.models.gordo import GordoModels
 from latigo.providers.predictions import PredictionStorageProvider
-from latigo.providers.sensors import SensorDataProvider, SensorInformationProvider
+from latigo.providers.sensors import SensorDataProvider
 from latigo.queues import TaskQueue
 from latigo.queues.sql import SqlQueue
 
@@ -37,7 +37,6 @@ class Components:
     model_info: ModelInformationProvider
     model_execution: ModelExecutionProvider
     sensors: SensorDataProvider
-    sensor_info: SensorInformationProvider
     predictions: PredictionStorageProvider
     clock: Clock
 
@@ -67,7 +66,6 @@ def build(config: Config, *, clock: Clock = system_clock, migrate: bool = True) 
         model_info=gordo,
         model_execution=gordo,
         sensors=sensors,
-        sensor_info=sensors,
         predictions=build_predictions(config, engine),
         clock=clock,
     )

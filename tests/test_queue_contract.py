@@ -338,10 +338,10 @@ def executor_on(backend: Backend, error: Exception) -> tuple[Executor, TaskQueue
     models = FailingModels(error)
     parts = Components(
         config=config, engine=backend.engine, ledger=Ledger(backend.engine), queue=queue,
-        model_info=models, model_execution=models, sensors=models, sensor_info=models, predictions=models,
+        model_info=models, model_execution=models, sensors=models, predictions=models,
         clock=system_clock,
     )  # fmt: skip
-    return Executor(parts), queue
+    return Executor.from_components(parts), queue
 
 
 def a_task() -> Task:
