@@ -1,5 +1,8 @@
 """A real Gordo 6.0.4 server on this machine, for development, the demo and the tests.
 
+(Over 400 lines on purpose: it is the whole life of one foreign server, from virtualenv to
+built models to a served and stopped process, and every step shares its paths and pins.)
+
 Gordo pins old libraries (pandas<2, numpy<2), so it cannot share Latigo's virtualenv. This
 module never imports gordo: it drives a separate virtualenv by subprocess.
 

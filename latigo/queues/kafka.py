@@ -1,6 +1,9 @@
 """Tasks on a Kafka topic, through confluent-kafka (librdkafka): Apache Kafka, or Azure Event
 Hubs' Kafka endpoint.
 
+(Just over 400 lines, most of them this docstring and the comments on librdkafka's
+delivery and rebalance rules, which belong next to the code that relies on them.)
+
 Publishing: one idempotent producer (``acks=all``). Every task is keyed by its
 ``project/model``, so a model's tasks share a partition. ``publish`` produces the whole batch,
 then waits once, bounded, until the broker has confirmed every message; what it could not
