@@ -49,16 +49,14 @@ def config_of(ctx: click.Context) -> Config:
 def components(ctx: click.Context) -> Components:
     """An operator command's parts; a database that does not answer ends it with one line
     and exit 1 (the service's processes wait for it instead: see service_components)."""
-    import sqlalchemy.exc
-
+    from latigo import db
     from latigo.components import build
 
     config = config_of(ctx)
     try:
         return build(config)
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()
-        click.echo(f"latigo: the Latigo database is unavailable: {reason[0][:300] if reason else error}", err=True)
+    except db.UNREACHABLE as error:
+        click.echo(f"latigo: the Latigo database is unavailable: {db.first_line(error) or error}", err=True)
         raise click.exceptions.Exit(1) from None
 
 

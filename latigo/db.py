@@ -38,12 +38,14 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 POSTGRES_TIMEOUTS = {"connect_timeout": 10, "tcp_user_timeout": 60_000, "keepalives_idle": 30}
 # rows per INSERT statement in bulk writes (SQLite allows 32766 bound parameters)
 BULK_ROWS = 2_000
-# what the database's failures are to Latigo: the driver's errors about the connection or the
-# server (SQLAlchemy wraps them in these two) mean it cannot be reached; others (a constraint
+# the driver's errors about the connection or the server, as SQLAlchemy wraps them: the
+# database cannot be reached
+UNREACHABLE = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+# what the database's failures are to Latigo: UNREACHABLE is an outage; others (a constraint
 # violated, bad SQL) are the caller's and leave as they are
 DATABASE_ERRORS = (
     Caught(
-        (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError),
+        UNREACHABLE,
         Unavailable,
         "{dependency} unavailable: {error.orig!r:.480}",
     ),
@@ -204,6 +206,13 @@ def translate_outage(what: str) -> AbstractContextManager[None]:
     """A database that cannot be reached is ``what`` being unavailable (latigo.outages
     probes it), not a crash."""
     return translated(DATABASE_ERRORS, what)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line (at most 300 characters) of the driver's own message under a database
+    error, for a one-line log; "" when it says nothing."""
+    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return lines[0][:300] if lines else ""
 
 
 def probe(engine: Engine) -> None:

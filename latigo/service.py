@@ -19,9 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from time import monotonic
 
-import sqlalchemy.exc
-
-from latigo import metrics
+from latigo import db, metrics
 from latigo.components import Components, build
 from latigo.config import Config
 from latigo.executor import Executor
@@ -89,14 +87,13 @@ def components_when_ready(config: Config, stop: threading.Event) -> Components |
     while not stop.is_set():
         try:
             return build(config)
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
+        except db.UNREACHABLE as error:
             metrics.HEALTH.ready = False
             metrics.HEALTH.beat()
-            first_line = str(error.orig if getattr(error, "orig", None) else error).strip().splitlines()
             log.warning(
                 "the Latigo database is unavailable, trying again in %.0fs: %s",
                 wait,
-                first_line[0][:300] if first_line else error.__class__.__name__,
+                db.first_line(error) or error.__class__.__name__,
             )
             stop.wait(wait)
             wait = min(DATABASE_RETRY_MAX_S, wait * 2)
