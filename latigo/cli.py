@@ -122,6 +122,67 @@ def models(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.option("--model", "only", multiple=True, help="only this model (repeatable): each of its tags, found or missing")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def sensors(ctx: click.Context, only: tuple[str, ...], as_json: bool) -> None:
+    """The sensor store's sensors and, per model, the tags missing from it (a model with a
+    missing tag gets no data for it: its windows may end as no_data)."""
+    import json
+
+    from latigo.discovery import Discovery
+    from latigo.errors import LatigoError
+    from latigo.printable import printable
+    from latigo.providers.sensors import SensorInformationProvider
+    from latigo.sensorcheck import check_models
+
+    with components(ctx) as parts:
+        if not isinstance(parts.sensors, SensorInformationProvider):
+            raise click.UsageError(f"the {parts.config.sensors.type} sensor store cannot list its sensors")
+        try:
+            known = parts.sensors.sensors()
+        except LatigoError as error:
+            click.echo(f"latigo: the sensor store cannot be asked: {printable(str(error))}", err=True)
+            ctx.exit(1)
+        survey = Discovery(parts.model_info).survey(parts.config.models.projects)
+        models = survey.models()
+        unknown = sorted(set(only) - {model.name for model in models})
+        if unknown:
+            click.echo(f"latigo: no such model: {printable(', '.join(unknown))}", err=True)
+            ctx.exit(2)
+        checks = check_models([m for m in models if not only or m.name in only], parts.model_info, known)
+    if as_json:
+        document = {
+            "sensors": known,
+            "models": [entry.to_dict() for entry in checks],
+            "failed_projects": {project: str(failure) for project, failure in survey.failed.items()},
+        }
+        click.echo(json.dumps(document, indent=2))
+    else:
+        if not only:
+            click.echo(f"sensor store: {len(known)} sensors")
+            for tag in known:
+                click.echo(f"  {printable(tag)}")
+        for project, failure in survey.failed.items():
+            click.echo(f"{printable(project)}: {printable(str(failure))}", err=True)
+        for entry in checks:
+            name = printable(f"{entry.project}/{entry.model} @ {entry.revision}")
+            if entry.error is not None:
+                click.echo(f"{name}: metadata unavailable: {printable(entry.error)}")
+            elif only:
+                click.echo(f"{name}: {len(entry.tags)} tags, {len(entry.missing)} missing")
+                for tag in entry.tags:
+                    click.echo(f"  {printable(tag)}{'  MISSING' if tag in entry.missing else ''}")
+            elif entry.missing:
+                missing = printable(", ".join(entry.missing))
+                click.echo(f"{name}: missing {len(entry.missing)} of {len(entry.tags)} tags: {missing}")
+        if not only:
+            short = sum(1 for entry in checks if entry.missing)
+            click.echo(f"{len(checks)} models, {short} with missing tags")
+    sys.exit(1 if survey.failed or any(entry.error for entry in checks) else 0)
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.option("--failures", type=click.IntRange(min=0), default=10, show_default=True, help="recent failures shown")
 @click.pass_context

@@ -10,8 +10,8 @@ import pandas as pd
 
 
 class SensorInformationProvider(ABC):
-    """Which sensors the store knows. Nothing outside the tests asks yet: kept for issue 15,
-    which checks a model's tags against the store with it."""
+    """Which sensors the store knows: ``latigo sensors`` checks each model's tags against it
+    (latigo.sensorcheck), since a tag the store lacks gives windows without data and no reason."""
 
     @abstractmethod
     def sensors(self) -> list[str]:
