@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Self
 
 from sqlalchemy import Engine
 
 from latigo import db
+from latigo.catalogue import Catalogue
 from latigo.clock import Clock, system_clock
 from latigo.config import (
     Config,
@@ -56,14 +58,19 @@ def build(config: Config, *, clock: Clock = system_clock, migrate: bool = True) 
     engine = db.create_engine(config.database.url, echo=config.database.echo)
     if migrate:
         db.upgrade(engine)
-    gordo = GordoModels(config.models, clock)
+    gordo = GordoModels(config.models)
+    call = config.models.connect_timeout + config.models.read_timeout
+    # twice a Gordo call: a fetch may wait for one of the process's Gordo slots first
+    catalogue = Catalogue(
+        gordo, engine, claim=timedelta(seconds=2 * call), memory_ttl=config.models.metadata_ttl, clock=clock
+    )
     sensors = build_sensors(config, engine)
     return Components(
         config=config,
         engine=engine,
         ledger=Ledger(engine, clock),
         queue=build_queue(config, engine, clock),
-        model_info=gordo,
+        model_info=catalogue,
         model_execution=gordo,
         sensors=sensors,
         predictions=build_predictions(config, engine),

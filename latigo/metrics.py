@@ -31,6 +31,9 @@ TASKS_PUBLISHED = Counter("latigo_tasks_published", "Tasks published to the queu
 WINDOWS_PLANNED = Counter("latigo_windows_planned", "Windows newly planned in the ledger")
 TASKS_HANDLED = Counter("latigo_tasks_handled", "Tasks handled by outcome", ["outcome"])
 TASK_FAILURES = Counter("latigo_task_failures", "Failed task attempts by error class", ["error_class"])
+METADATA_LOOKUPS = Counter(
+    "latigo_metadata_lookups", "Model metadata lookups by where the answer came from (memory, table, gordo)", ["source"]
+)
 STAGE_SECONDS = Histogram("latigo_stage_seconds", "Time per task stage", ["stage"], buckets=DURATION_BUCKETS)
 GORDO_CLIENT_SECONDS = Histogram(
     "latigo_gordo_client_seconds", "Gordo prediction calls as Latigo sees them", buckets=DURATION_BUCKETS

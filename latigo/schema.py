@@ -161,6 +161,20 @@ dependency_outages = Table(
     Column("error", Text, nullable=False),
 )
 
+# each model's metadata at a revision, asked of Gordo once for every process (latigo.catalogue):
+# a row with no entry is a fetch under way, claimed until claimed_until
+model_catalogue = Table(
+    "model_catalogue",
+    metadata,
+    Column("project", String(NAME), primary_key=True),
+    Column("model", String(NAME), primary_key=True),
+    Column("revision", String(REVISION), primary_key=True),
+    # the metadata as latigo.catalogue.encode writes it (JSON)
+    Column("entry", Text),
+    Column("claimed_until", UTCDateTime()),
+    Column("fetched_at", UTCDateTime()),
+)
+
 scheduler_leader = Table(
     "scheduler_leader",
     metadata,

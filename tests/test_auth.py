@@ -177,14 +177,14 @@ def test_no_secret_or_token_in_any_log_line(azure_ad, trusting, gordo_server, tm
     clock = Clock(NOW)
     parts = build(config.model_copy(update={"models": config.models.model_copy(update={"auth": None})}), clock=clock)
     # the same components, with Gordo reached through Azure AD (msal trusting the fake's CA, as above)
-    parts.model_info = parts.model_execution = GordoModels(config.models, clock, auth_http_client=trusting)
+    parts.model_info = parts.model_execution = GordoModels(config.models, auth_http_client=trusting)
     try:
         feed(parts.sensors, NOW - timedelta(hours=2), NOW)
         Scheduler(config, parts.model_info, parts.ledger, parts.queue, clock).tick()
         Executor.from_components(parts).run(threading.Event(), until_idle=True)
         azure_ad.refuse = "invalid_client"
         with pytest.raises(PermanentError):
-            GordoModels(config.models, clock, auth_http_client=trusting).latest_revision("demo")
+            GordoModels(config.models, auth_http_client=trusting).latest_revision("demo")
     finally:
         parts.close()
     assert len(azure_ad.posts) >= 2  # the token was really fetched (and refused) during the run

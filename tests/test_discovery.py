@@ -18,9 +18,9 @@ from tests.clock import Clock
 NOW = datetime(2026, 3, 2, 12, tzinfo=UTC)
 
 
-def gordo_of(gordo_server, clock=None) -> GordoModels:
+def gordo_of(gordo_server) -> GordoModels:
     config = GordoConfig(base_url=gordo_server.base_url, projects=[gordo_server.project])
-    return GordoModels(config, clock) if clock is not None else GordoModels(config)
+    return GordoModels(config)
 
 
 def test_a_survey_finds_each_projects_latest_revision_and_models(gordo_server):
@@ -47,7 +47,7 @@ def test_built_asks_for_no_expected_models(gordo_server):
 
 def test_an_answer_is_reused_for_the_ttl_and_asked_again_after_it(gordo_server):
     clock = Clock(NOW)
-    discovery = Discovery(gordo_of(gordo_server, clock), timedelta(minutes=5), clock)
+    discovery = Discovery(gordo_of(gordo_server), timedelta(minutes=5), clock)
     first = discovery.project(gordo_server.project)
 
     clock.advance(timedelta(minutes=4))

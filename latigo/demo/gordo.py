@@ -327,11 +327,13 @@ def serve(
     log_file: Path,
     start_timeout: float = START_TIMEOUT_S,
     workers: int = 1,
+    access_log: bool = False,
 ) -> subprocess.Popen:
     """Start Gordo's server on 127.0.0.1:``port`` for the models in ``revision_dir``.
 
     gunicorn with ``workers`` workers (1 by default), gthread, 4 threads, in its own session,
-    output to ``log_file``. Returns once ``/healthcheck`` answers 200; raises
+    output to ``log_file`` (with ``access_log``, a line per request too: tests and benchmarks
+    count Gordo's calls there). Returns once ``/healthcheck`` answers 200; raises
     :class:`GordoError` with the log's tail if the port is taken, the server dies, or it
     does not answer within ``start_timeout`` (for a full install's server, which imports
     TensorFlow, pass :data:`FULL_START_TIMEOUT_S`).
@@ -367,6 +369,7 @@ def serve(
         "4",
         "--graceful-timeout",
         str(GRACEFUL_TIMEOUT_S),
+        *(["--access-logfile", "-"] if access_log else []),
         "gordo.server.server:build_app()",
     ]
     with open(log_file, "wb") as log:

@@ -24,8 +24,6 @@ import requests
 import urllib3
 
 from latigo import calls
-from latigo.cache import TtlCache
-from latigo.clock import Clock, system_clock
 from latigo.config import GordoConfig
 from latigo.errors import (
     Answered,
@@ -224,7 +222,7 @@ def _observe_timing(answer: Answer) -> None:
 
 
 class GordoModels(ModelInformationProvider, ModelExecutionProvider):
-    def __init__(self, config: GordoConfig, clock: Clock = system_clock, auth_http_client: Any = None) -> None:
+    def __init__(self, config: GordoConfig, auth_http_client: Any = None) -> None:
         self._base = config.base_url.rstrip("/")
         self._timeout = (config.connect_timeout, config.read_timeout)
         # a whole call, answer included, ends within this many seconds
@@ -237,7 +235,6 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
             self._session.auth = AzureAdAuth(config.auth, self._timeout, auth_http_client or calls.session())
         # a per-server limit: Gordo workers are few and keep only a couple of models loaded
         self._slots = threading.BoundedSemaphore(config.max_concurrency)
-        self._metadata: TtlCache[tuple[str, str, str], ModelMetadata] = TtlCache(config.metadata_ttl, clock)
         # models whose anomaly endpoint answered 422: they are plain models, use /prediction
         self._plain_models: set[tuple[str, str, str]] = set()
 
@@ -301,15 +298,10 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
         return sorted(str(name) for name in document.get("expected-models", []))
 
     def metadata(self, project: str, model: str, revision: str) -> ModelMetadata:
-        key = (project, model, revision)
-        cached = self._metadata.get(key)
-        if cached is not None:
-            return cached
+        """Asked of Gordo at every call: latigo.catalogue keeps the answers for the fleet."""
         what = f"{project}/{model}@{revision}: metadata"
         document = self._json(_route(project, model, "metadata"), what, revision=revision)
-        metadata = parse_metadata(project, model, revision, document)
-        self._metadata.put(key, metadata)
-        return metadata
+        return parse_metadata(project, model, revision, document)
 
     # -- ModelExecutionProvider --------------------------------------------------------
 
