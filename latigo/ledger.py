@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from enum import StrEnum
+from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, String, and_, bindparam, column, func, select, update, values
+from sqlalchemy import Connection, Engine, String, and_, bindparam, column, delete, func, select, update, values
 
-from latigo import db
+from latigo import db, history
 from latigo.clock import Clock, system_clock
 from latigo.schema import dead_letters, ledger
+from latigo.states import COMPACTED, State
 from latigo.task import Task
 from latigo.window import Window
 
@@ -36,25 +36,9 @@ _UNSTORABLE = str.maketrans({"\x00": "\\x00"})
 WATERMARK_BATCH = 5_000
 
 
-def partial():
-    """SQL: the window is done, but with fewer rows stored than it has (its note says why)."""
-    rows = ledger.c.stored_rows, ledger.c.expected_rows
-    # never NULL: windows recorded before rows were counted are not partial
-    return and_(ledger.c.state == State.DONE, rows[0].is_not(None), rows[1].is_not(None), rows[0] < rows[1])
-
-
 def _text(text: str | None) -> str | None:
     """An error or note as the ledger keeps it: at most ERROR_LIMIT characters, storable."""
     return None if text is None else text.translate(_UNSTORABLE)[:ERROR_LIMIT]
-
-
-class State(StrEnum):
-    PLANNED = "planned"
-    QUEUED = "queued"
-    DONE = "done"
-    NO_DATA = "no_data"
-    FAILED = "failed"
-    DEAD = "dead"
 
 
 @dataclass(frozen=True)
@@ -106,8 +90,19 @@ class Ledger:
         ]
         if not rows:
             return 0
+        models = list(dict.fromkeys((item.project, item.model) for item in windows))
+        starts = [item.window.start for item in windows]
         with self._engine.begin() as connection:
+            # a window compacted into history was planned once already
+            compacted = history.covered(connection, models, min(starts), max(starts) + timedelta.resolution)
+            if compacted:
+                rows = [row for row in rows if (row["project"], row["model"], row["window_start"]) not in compacted]
             return len(db.insert_new(connection, ledger, rows))
+
+    def compact(self, before: datetime, limit: int = history.COMPACT_BATCH) -> int:
+        """Move up to ``limit`` done and no-data windows that ended by ``before`` into the
+        ledger's history (latigo.history); returns how many moved."""
+        return history.compact(self._engine, before, limit)
 
     def planned(
         self,
@@ -168,6 +163,10 @@ class Ledger:
                 )
                 rows = connection.execute(select(wanted.c.project, wanted.c.model, newest))
                 found.update({(project, model): latest for project, model, latest in rows if latest is not None})
+            # a model whose every window is in history (stopped longer than compact_after)
+            unseen = [model for model in models if model not in found]
+            if unseen:
+                found.update(history.newest_starts(connection, unseen))
         return found
 
     def _covered(self, task: Task):
@@ -329,6 +328,13 @@ class Ledger:
                     .values(state=State.DEAD, last_error=_text(error), stored_rows=None, updated_at=self._clock())
                 )
 
+    def expire_dead_letters(self, before: datetime, limit: int = history.COMPACT_BATCH) -> int:
+        """Delete up to ``limit`` dead letters created before ``before`` (their windows stay
+        dead in the ledger, where ``backfill --mode failed`` finds them); returns how many."""
+        oldest = select(dead_letters.c.id).where(dead_letters.c.created_at < before).limit(limit)
+        with self._engine.begin() as connection:
+            return connection.execute(delete(dead_letters).where(dead_letters.c.id.in_(oldest))).rowcount
+
     def states(self, project: str, model: str, start: datetime, end: datetime) -> dict[datetime, State]:
         """The state of every window of one model recorded with a start in ``[start, end)``."""
         query = select(ledger.c.window_start, ledger.c.state).where(
@@ -338,7 +344,13 @@ class Ledger:
             ledger.c.window_start < end,
         )
         with self._engine.connect() as connection:
-            return {window_start: State(state) for window_start, state in connection.execute(query)}
+            found = {
+                window_start: run.state
+                for run in history.runs(connection, start=start, end=end, models=[(project, model)])
+                for window_start in run.starts(start, end)
+            }
+            found.update((window_start, State(state)) for window_start, state in connection.execute(query))
+        return found
 
     def replan(
         self,
@@ -351,8 +363,10 @@ class Ledger:
     ) -> int:
         """Set one model's windows starting in ``[start, end)`` that are in one of
         ``states_from`` back to planned, at ``revision``, as if never tried: attempts 0, last
-        error and task cleared (a dead window's error stays in the dead-letter table). One
-        statement for the whole range; returns how many windows were reset."""
+        error and task cleared (a dead window's error stays in the dead-letter table). Done or
+        no-data windows asked for come back from the ledger's history first. One statement
+        for the whole range; returns how many windows were reset."""
+        states = [State(state) for state in states_from]
         statement = (
             update(ledger)
             .where(
@@ -360,7 +374,7 @@ class Ledger:
                 ledger.c.model == model,
                 ledger.c.window_start >= start,
                 ledger.c.window_start < end,
-                ledger.c.state.in_([State(state).value for state in states_from]),
+                ledger.c.state.in_([state.value for state in states]),
             )
             .values(
                 state=State.PLANNED,
@@ -373,4 +387,6 @@ class Ledger:
             )
         )
         with self._engine.begin() as connection:
+            if any(state in COMPACTED for state in states):
+                history.restore(connection, project, model, start, end, self._clock())
             return connection.execute(statement).rowcount

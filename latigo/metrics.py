@@ -29,6 +29,12 @@ DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 12
 
 TASKS_PUBLISHED = Counter("latigo_tasks_published", "Tasks published to the queue")
 WINDOWS_PLANNED = Counter("latigo_windows_planned", "Windows newly planned in the ledger")
+DEAD_LETTERS_EXPIRED = Counter(
+    "latigo_dead_letters_expired", "Dead letters deleted for being older than retention.dead_letters"
+)
+WINDOWS_COMPACTED = Counter(
+    "latigo_windows_compacted", "Old done and no-data windows moved from the ledger into its history as runs"
+)
 TASKS_HANDLED = Counter("latigo_tasks_handled", "Tasks handled by outcome", ["outcome"])
 TASK_FAILURES = Counter("latigo_task_failures", "Failed task attempts by error class", ["error_class"])
 METADATA_LOOKUPS = Counter(

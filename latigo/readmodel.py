@@ -11,13 +11,14 @@ window in hand), "newest done" one aggregate, the per-model state count one grou
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Engine, and_, case, func, select, tuple_
 
-from latigo.ledger import State, partial
+from latigo import history
 from latigo.schema import dead_letters, ledger
+from latigo.states import State, partial
 
 # the states of a window handed to no executor yet, or handed and not finished: late once due
 WAITING = (State.PLANNED, State.QUEUED)
@@ -135,7 +136,7 @@ def tallies(
         query = query.where(tuple_(ledger.c.project, ledger.c.model).in_(models))
     with engine.connect() as connection:
         rows = connection.execute(query).mappings().all()
-    return [
+    hot = [
         Tally(
             row["project"],
             row["model"],
@@ -150,6 +151,39 @@ def tallies(
         )
         for row in rows
     ]
+    return _with_history(hot, history.totals(engine, start=start, end=end, models=models, project=project))
+
+
+def _with_history(hot: list[Tally], old: dict[tuple[str, str], history.Totals]) -> list[Tally]:
+    """The hot ledger's tallies with each model's compacted runs added (never late or
+    pending: only finished windows are compacted)."""
+    merged = []
+    for tally in hot:
+        runs = old.pop((tally.project, tally.model), None)
+        if runs is None:
+            merged.append(tally)
+            continue
+        states = dict(tally.states)
+        for state, count in runs.states.items():
+            states[state] = states.get(state, 0) + count
+        done = [end for end in (tally.newest_done, runs.newest_done) if end is not None]
+        merged.append(
+            replace(
+                tally,
+                states=states,
+                newest_done=max(done, default=None),
+                partial=tally.partial + runs.partial,
+                first_start=min(runs.first_start, tally.first_start or runs.first_start),
+                last_start=max(runs.last_start, tally.last_start or runs.last_start),
+                windows=tally.windows + runs.windows,
+            )
+        )
+    merged += [
+        Tally(project, model, runs.states, runs.newest_done, runs.partial, 0, 0, runs.first_start, runs.last_start,
+              runs.windows)
+        for (project, model), runs in old.items()
+    ]  # fmt: skip
+    return merged
 
 
 def state_counts(
@@ -259,10 +293,10 @@ def model_windows(
 
 
 def model_known(engine: Engine, project: str, model: str) -> bool:
-    """Whether the ledger has ever had a window of the model (one index seek)."""
+    """Whether the ledger has ever had a window of the model, in history included."""
     query = select(ledger.c.window_start).where(ledger.c.project == project, ledger.c.model == model).limit(1)
     with engine.connect() as connection:
-        return connection.execute(query).first() is not None
+        return connection.execute(query).first() is not None or history.known(connection, project, model)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from time import monotonic
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -37,9 +38,10 @@ from latigo.clock import Clock, system_clock
 from latigo.config import Config
 from latigo.discovery import Discovery, Model
 from latigo.errors import LatigoError
+from latigo.history import COMPACT_BATCH
 from latigo.leader import Leadership
 from latigo.ledger import Ledger, PlannedWindow
-from latigo.metrics import HEALTH, TASKS_PUBLISHED, WINDOWS_PLANNED
+from latigo.metrics import DEAD_LETTERS_EXPIRED, HEALTH, TASKS_PUBLISHED, WINDOWS_COMPACTED, WINDOWS_PLANNED
 from latigo.providers.models import ModelInformationProvider
 from latigo.queues import TaskQueue
 from latigo.queues.sql import SqlQueue
@@ -56,6 +58,9 @@ RECENT_WINDOWS = 4
 # most planned history windows read per tick: with week-long tasks, a backlog's worth of
 # room would otherwise be hundreds of thousands of rows in memory at once
 HISTORY_READ_LIMIT = 100_000
+# seconds of a tick spent keeping the database bounded (compaction, expiry) at most: the
+# first tick after an upgrade finds a year of ledger to compact, and spreads it over ticks
+UPKEEP_BUDGET_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,9 @@ class TickReport:
     failed_projects: dict[str, str] = field(default_factory=dict)
     unbuilt: dict[str, list[str]] = field(default_factory=dict)
     gaps: list[Gap] = field(default_factory=list)
+    # windows moved into the ledger's history, and dead letters deleted for their age
+    compacted: int = 0
+    expired: int = 0
 
 
 class Deposed(Exception):
@@ -101,6 +109,7 @@ class Scheduler:
         leadership: Leadership | None = None,
     ) -> None:
         self._schedule = config.schedule
+        self._retention = config.retention
         self._projects = config.models.projects
         self._grid = Grid(config.schedule.interval, config.schedule.anchor)
         self._model_info = model_info
@@ -252,6 +261,22 @@ class Scheduler:
             published_windows += sum(self._grid.count(task.start, task.end) for task in history_tasks)
         return published_tasks, published_windows
 
+    # -- upkeep --------------------------------------------------------------------------
+
+    def upkeep(self, report: TickReport) -> None:
+        """Keep the Latigo database bounded: old finished windows into the ledger's history,
+        old dead letters out, in bounded batches within ``UPKEEP_BUDGET_S`` a tick."""
+        started = monotonic()
+        before = report.now - self._retention.compact_after
+        while monotonic() - started < UPKEEP_BUDGET_S:
+            moved = self._ledger.compact(before)
+            report.compacted += moved
+            if moved < COMPACT_BATCH:
+                break
+        report.expired = self._ledger.expire_dead_letters(report.now - self._retention.dead_letters)
+        WINDOWS_COMPACTED.inc(report.compacted)
+        DEAD_LETTERS_EXPIRED.inc(report.expired)
+
     # -- the loop ------------------------------------------------------------------------
 
     def tick(self) -> TickReport:
@@ -269,16 +294,19 @@ class Scheduler:
             self._leadership.step_down()
             report.leader = False
             report.published_tasks, report.published_windows = deposed.tasks, deposed.windows
+        if report.leader:
+            self.upkeep(report)
         WINDOWS_PLANNED.inc(report.planned)
         TASKS_PUBLISHED.inc(report.published_tasks)
         log.info(
-            "tick: %d models, %d windows planned, %d tasks published covering %d windows%s%s",
+            "tick: %d models, %d windows planned, %d tasks published covering %d windows%s%s%s",
             report.models,
             report.planned,
             report.published_tasks,
             report.published_windows,
             f", failed projects: {', '.join(report.failed_projects)}" if report.failed_projects else "",
             f", {len(report.gaps)} models with gaps beyond catch-up" if report.gaps else "",
+            f", {report.compacted} windows compacted" if report.compacted else "",
         )
         return report
 

@@ -95,6 +95,23 @@ ledger = Table(
     Index("ix_ledger_window_start", "window_start"),
 )
 
+# the ledger's old done and no-data windows as runs (latigo.history): consecutive windows of
+# one model, one length, state, partialness and revision; run_end is the last window's end
+ledger_history = Table(
+    "ledger_history",
+    metadata,
+    Column("project", String(NAME), primary_key=True),
+    Column("model", String(NAME), primary_key=True),
+    Column("run_start", UTCDateTime(), primary_key=True),
+    Column("run_end", UTCDateTime(), nullable=False),
+    Column("windows", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("partial", Integer, nullable=False),
+    Column("revision", String(REVISION)),
+    # runs reaching past a moment: what planning and the range views look up
+    Index("ix_ledger_history_run_end", "run_end"),
+)
+
 task_queue = Table(
     "task_queue",
     metadata,

@@ -23,6 +23,7 @@ from latigo.config.sections import (
     ExecutorConfig,
     LoggingConfig,
     MetricsConfig,
+    RetentionConfig,
     RunConfig,
     ScheduleConfig,
 )
@@ -48,6 +49,7 @@ class Config(BaseSettings):
     predictions: PredictionsConfig = SqlPredictionsConfig()
     queue: QueueConfig = SqlQueueConfig()
     executor: ExecutorConfig = ExecutorConfig()
+    retention: RetentionConfig = RetentionConfig()
     run: RunConfig = RunConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()

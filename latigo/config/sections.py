@@ -85,6 +85,19 @@ class ScheduleConfig(Section):
         return self
 
 
+# the status page's longest view: compacted windows must lie beyond it (latigo.history)
+PAGE_VIEW = timedelta(days=7)
+
+
+class RetentionConfig(Section):
+    """How long the Latigo database keeps what it no longer needs row by row."""
+
+    # done and no-data windows that ended this long ago are kept as runs (latigo.history)
+    compact_after: Annotated[Duration, at_least(PAGE_VIEW + timedelta(days=1))] = timedelta(days=8)
+    # dead letters older than this are deleted; their windows stay dead in the ledger
+    dead_letters: Annotated[Duration, at_least(timedelta(days=1))] = timedelta(days=90)
+
+
 class ExecutorConfig(Section):
     """How executors work through tasks."""
 

@@ -1,0 +1,310 @@
+"""The ledger's history: old finished windows kept as runs, so the hot ledger stays bounded.
+
+A year of one row per model and window is 17.5 M rows at 1,000 models, and every query of
+the tick, ``latigo status`` and the page grew with it. Yet an old ``done`` or ``no_data``
+window is never asked about one by one: it is counted, and it must never be planned again.
+So windows that ended before ``retention.compact_after`` move, per model, into
+``ledger_history`` as runs: consecutive windows of one length with the same state,
+partialness and revision, one row each (a year of a healthy model is one row).
+
+Every reader sees them: ``Ledger.plan`` skips a window a run covers (planned at most once,
+ever), ``Ledger.states`` and ``watermarks_of`` expand and consult runs, the read model adds
+them to its counts, and ``restore`` moves a range back into the ledger when ``backfill
+--mode all`` runs it again. What a run forgets is each window's note, stored rows and
+timestamps: history older than ``compact_after`` keeps its state and whether it was partial.
+The status page's longest view (7 days) is always inside the hot ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, Engine, and_, delete, insert, select, tuple_, update
+
+from latigo import db
+from latigo.schema import ledger, ledger_history
+from latigo.states import COMPACTED, State, partial
+
+# ledger rows read, grouped and moved per transaction: one compaction step's bounded work
+COMPACT_BATCH = 20_000
+# models per history query that names its models (bound parameters well under SQLite's limit)
+MODELS_PER_QUERY = 500
+
+
+@dataclass(frozen=True)
+class Run:
+    """Consecutive windows of one model, ``step`` long each, starting at ``start``."""
+
+    project: str
+    model: str
+    revision: str | None
+    state: State
+    partial: bool
+    start: datetime
+    windows: int
+    step: timedelta
+
+    @property
+    def end(self) -> datetime:
+        return self.start + self.windows * self.step
+
+    @property
+    def last_start(self) -> datetime:
+        return self.end - self.step
+
+    def starts(self, start: datetime | None = None, end: datetime | None = None) -> Iterator[datetime]:
+        """The run's window starts inside ``[start, end)``."""
+        first, stop = self._span(start, end)
+        return (self.start + k * self.step for k in range(first, stop))
+
+    def count(self, start: datetime | None = None, end: datetime | None = None) -> int:
+        """How many of its windows start inside ``[start, end)``."""
+        first, stop = self._span(start, end)
+        return max(0, stop - first)
+
+    def _span(self, start: datetime | None, end: datetime | None) -> tuple[int, int]:
+        first = 0 if start is None or start <= self.start else -((self.start - start) // self.step)
+        stop = self.windows if end is None or end >= self.end else -((self.start - end) // self.step)
+        return max(0, first), min(self.windows, max(0, stop))
+
+    def follows(self, other: Run) -> bool:
+        """Whether this run continues ``other`` as one run."""
+        return (self.project, self.model, self.revision, self.state, self.partial, self.step) == (
+            other.project,
+            other.model,
+            other.revision,
+            other.state,
+            other.partial,
+            other.step,
+        ) and self.start == other.end
+
+
+def runs_of(rows: Iterable[tuple]) -> list[Run]:
+    """Group ledger rows ``(project, model, start, end, state, revision, partial)``, sorted by
+    model and start, into runs: a new run wherever the model, state, partialness, revision
+    or window length changes, or a window is missing."""
+    found: list[Run] = []
+    for project, model, start, end, state, revision, is_partial in rows:
+        window = Run(project, model, revision, State(state), bool(is_partial), start, 1, end - start)
+        if found and window.follows(found[-1]):
+            found[-1] = replace(found[-1], windows=found[-1].windows + 1)
+        else:
+            found.append(window)
+    return found
+
+
+def _run(row) -> Run:
+    step = (row.run_end - row.run_start) / row.windows
+    return Run(
+        row.project, row.model, row.revision, State(row.state), bool(row.partial), row.run_start, row.windows, step
+    )
+
+
+def runs(
+    connection: Connection,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    models: Sequence[tuple[str, str]] | None = None,
+    project: str | None = None,
+) -> list[Run]:
+    """The runs with a window starting in ``[start, end)``, of the given models or project."""
+    query = select(ledger_history)
+    if start is not None:
+        query = query.where(ledger_history.c.run_end > start)
+    if end is not None:
+        query = query.where(ledger_history.c.run_start < end)
+    if project is not None:
+        query = query.where(ledger_history.c.project == project)
+    if models is None:
+        return [run for row in connection.execute(query) if (run := _run(row)).count(start, end)]
+    found: list[Run] = []
+    for offset in range(0, len(models), MODELS_PER_QUERY):
+        batch = list(models[offset : offset + MODELS_PER_QUERY])
+        named = query.where(tuple_(ledger_history.c.project, ledger_history.c.model).in_(batch))
+        found += [run for row in connection.execute(named) if (run := _run(row)).count(start, end)]
+    return found
+
+
+@dataclass(frozen=True)
+class Totals:
+    """One model's history, counted: what the read model adds to the hot ledger's tally."""
+
+    states: dict[State, int]
+    partial: int
+    newest_done: datetime | None
+    first_start: datetime
+    last_start: datetime
+    windows: int
+
+
+def totals(
+    engine: Engine,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    models: Sequence[tuple[str, str]] | None = None,
+    project: str | None = None,
+) -> dict[tuple[str, str], Totals]:
+    """Per model, its runs' windows starting in ``[start, end)``, counted."""
+    with engine.connect() as connection:
+        found = runs(connection, start=start, end=end, models=models, project=project)
+    per_model: dict[tuple[str, str], Totals] = {}
+    for run in found:
+        count = run.count(start, end)
+        first = next(run.starts(start, end))
+        last = first + (count - 1) * run.step
+        done_end = last + run.step if run.state == State.DONE else None
+        known = per_model.get((run.project, run.model))
+        if known is None:
+            per_model[(run.project, run.model)] = Totals(
+                {run.state: count}, count if run.partial else 0, done_end, first, last, count
+            )
+            continue
+        states = dict(known.states)
+        states[run.state] = states.get(run.state, 0) + count
+        newest = max((end for end in (known.newest_done, done_end) if end is not None), default=None)
+        per_model[(run.project, run.model)] = Totals(
+            states,
+            known.partial + (count if run.partial else 0),
+            newest,
+            min(known.first_start, first),
+            max(known.last_start, last),
+            known.windows + count,
+        )
+    return per_model
+
+
+def covered(connection: Connection, models: Sequence[tuple[str, str]], start: datetime, end: datetime) -> set:
+    """The ``(project, model, window start)`` of the given models' windows in ``[start, end)``
+    that runs hold: windows that must not be planned again."""
+    if (
+        connection.execute(select(ledger_history.c.project).where(ledger_history.c.run_end > start).limit(1)).first()
+        is None
+    ):
+        return set()  # the scheduler's tick: every window it plans is newer than all history
+    return {
+        (run.project, run.model, window_start)
+        for run in runs(connection, start=start, end=end, models=models)
+        for window_start in run.starts(start, end)
+    }
+
+
+def newest_starts(connection: Connection, models: Sequence[tuple[str, str]]) -> dict[tuple[str, str], datetime]:
+    """The newest window start in history of each given model that has history."""
+    found: dict[tuple[str, str], datetime] = {}
+    if connection.execute(select(ledger_history.c.project).limit(1)).first() is None:
+        return found  # a first start: thousands of new models, and no history to ask
+    for run in runs(connection, models=models):
+        key = (run.project, run.model)
+        found[key] = max(found.get(key, run.last_start), run.last_start)
+    return found
+
+
+def _row(run: Run) -> dict:
+    return {
+        "project": run.project,
+        "model": run.model,
+        "run_start": run.start,
+        "run_end": run.end,
+        "windows": run.windows,
+        "state": run.state.value,
+        "partial": int(run.partial),
+        "revision": run.revision,
+    }
+
+
+def compact(engine: Engine, before: datetime, limit: int = COMPACT_BATCH) -> int:
+    """Move up to ``limit`` done and no-data windows that ended by ``before`` into runs, in
+    one transaction; returns how many moved (fewer than ``limit``: nothing older is left)."""
+    query = (
+        select(
+            ledger.c.project,
+            ledger.c.model,
+            ledger.c.window_start,
+            ledger.c.window_end,
+            ledger.c.state,
+            ledger.c.revision,
+            partial(),
+        )
+        .where(ledger.c.state.in_(COMPACTED), ledger.c.window_end <= before)
+        .order_by(ledger.c.project, ledger.c.model, ledger.c.window_start)
+        .limit(limit)
+        .with_for_update()  # PostgreSQL: a window being re-planned meanwhile is not moved under it
+    )
+    with engine.begin() as connection:
+        found = runs_of(connection.execute(query))
+        for run in found:
+            _move(connection, run)
+    return sum(run.windows for run in found)
+
+
+def _move(connection: Connection, run: Run) -> None:
+    """Delete the run's windows from the ledger; extend the run it continues, or add it."""
+    connection.execute(
+        delete(ledger).where(
+            ledger.c.project == run.project,
+            ledger.c.model == run.model,
+            ledger.c.window_start >= run.start,
+            ledger.c.window_start < run.end,
+        )
+    )
+    of_model = and_(ledger_history.c.project == run.project, ledger_history.c.model == run.model)
+    previous = connection.execute(select(ledger_history).where(of_model, ledger_history.c.run_end == run.start)).first()
+    if previous is not None and run.follows(_run(previous)):
+        connection.execute(
+            update(ledger_history)
+            .where(of_model, ledger_history.c.run_start == previous.run_start)
+            .values(run_end=run.end, windows=previous.windows + run.windows)
+        )
+    else:
+        connection.execute(insert(ledger_history).values(_row(run)))
+
+
+def restore(connection: Connection, project: str, model: str, start: datetime, end: datetime, now: datetime) -> int:
+    """Move one model's history windows starting in ``[start, end)`` back into the ledger, as
+    they were (state, revision, partial unknown: no row counts), so they can be planned
+    again; runs are cut around the range. Returns how many windows came back."""
+    restored = 0
+    for run in runs(connection, start=start, end=end, models=[(project, model)]):
+        key = and_(
+            ledger_history.c.project == project,
+            ledger_history.c.model == model,
+            ledger_history.c.run_start == run.start,
+        )
+        connection.execute(delete(ledger_history).where(key))
+        inside = list(run.starts(start, end))
+        before = run.count(None, inside[0])
+        after = run.windows - before - len(inside)
+        if before:
+            connection.execute(insert(ledger_history).values(_row(replace(run, windows=before))))
+        if after:
+            rest = replace(run, start=inside[-1] + run.step, windows=after)
+            connection.execute(insert(ledger_history).values(_row(rest)))
+        rows = [
+            {
+                "project": project,
+                "model": model,
+                "window_start": window_start,
+                "window_end": window_start + run.step,
+                "state": run.state,
+                "revision": run.revision,
+                "attempts": 0,
+                "note": "restored from the ledger's history (compacted)",
+                "created_at": now,
+                "updated_at": now,
+            }
+            for window_start in inside
+        ]
+        restored += len(db.insert_new(connection, ledger, rows))
+    return restored
+
+
+def known(connection: Connection, project: str, model: str) -> bool:
+    """Whether the model has any window in history."""
+    query = select(ledger_history.c.run_start).where(
+        ledger_history.c.project == project, ledger_history.c.model == model
+    )
+    return connection.execute(query.limit(1)).first() is not None

@@ -1,0 +1,218 @@
+"""The ledger's history: old finished windows compacted into runs, and everyone still seeing
+them. Pure run arithmetic with hypothesis; compaction, planning, backfill, the read model and
+the scheduler's upkeep on real SQLite and PostgreSQL (backfill against the session's Gordo).
+
+The invariant that matters: compacting changes no answer. Every count, newest done window,
+extent and "missing" of ``latigo status`` is the same before and after, for the whole ledger
+and for ranges; and no compacted window is ever planned again.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+
+from latigo import history, readmodel
+from latigo.backfill import Backfill, Mode
+from latigo.components import build
+from latigo.config import Config, ConfigError
+from latigo.demo.fleet import Fleet
+from latigo.ledger import Outcome, PlannedWindow, State
+from latigo.scheduler import Scheduler
+from latigo.schema import dead_letters, ledger, ledger_history
+from latigo.task import Task
+from latigo.window import Grid, Window
+from tests.clock import Clock
+
+HALF_HOUR = timedelta(minutes=30)
+NOW = datetime(2026, 3, 30, 12, 7, tzinfo=UTC)
+# the first window of the synthetic history: three weeks before NOW
+FIRST = datetime(2026, 3, 9, tzinfo=UTC)
+GRID = Grid(HALF_HOUR)
+
+# -- runs, pure -------------------------------------------------------------------------
+
+OUTCOMES = st.sampled_from([("done", False), ("done", True), ("no_data", False), (None, False)])
+
+
+@st.composite
+def windows(draw):
+    """Ledger rows of two models on a half-hour grid, sorted: some windows absent (None)."""
+    rows = []
+    for model in ("a", "b"):
+        for k, (state, is_partial) in enumerate(draw(st.lists(OUTCOMES, max_size=40))):
+            if state is not None:
+                start = FIRST + k * HALF_HOUR
+                revision = draw(st.sampled_from(["1", "2"])) if k % 7 == 0 else "1"
+                rows.append(("p", model, start, start + HALF_HOUR, state, revision, is_partial))
+    return rows
+
+
+@given(windows())
+def test_runs_hold_exactly_the_windows_they_were_made_of_and_are_maximal(rows):
+    found = history.runs_of(rows)
+    expanded = [
+        (run.project, run.model, start, start + run.step, run.state.value, run.revision, run.partial)
+        for run in found
+        for start in run.starts()
+    ]
+    assert expanded == rows
+    assert not any(later.follows(earlier) for earlier, later in zip(found, found[1:]))
+
+
+@given(st.integers(1, 50), st.integers(-60, 60), st.integers(-60, 60))
+def test_a_runs_count_in_a_range_is_its_starts_in_it(windows_in_run, first, last):
+    run = history.Run("p", "m", "1", State.DONE, False, FIRST, windows_in_run, HALF_HOUR)
+    start, end = FIRST + first * timedelta(minutes=17), FIRST + last * timedelta(minutes=23)
+    inside = [s for s in (FIRST + k * HALF_HOUR for k in range(windows_in_run)) if start <= s < end]
+    assert list(run.starts(start, end)) == inside and run.count(start, end) == len(inside)
+    assert run.count() == windows_in_run and run.end == FIRST + windows_in_run * HALF_HOUR
+
+
+# -- a ledger with three weeks of history ---------------------------------------------------
+
+
+def config(url: str, **retention) -> Config:
+    return Config(database={"url": url}, models={"projects": ["fleet"]}, retention=retention or {})
+
+
+def task(model: str, window: Window) -> Task:
+    return Task(project="p", model=model, revision="1", start=window.start, end=window.end)
+
+
+def fill(parts) -> list[Window]:
+    """Three weeks of windows for models a, b and c, every kind of outcome among them: a is
+    healthy with one partial window and a revision change, b alternates no data and done
+    and has a failed and a dead window, c has a gap and windows still planned and queued."""
+    every = list(GRID.windows(FIRST, NOW - timedelta(hours=1)))
+    ledger_ = parts.ledger
+    for model in "abc":
+        kept = [w for k, w in enumerate(every) if not (model == "c" and 100 <= k < 110)]
+        ledger_.plan([PlannedWindow("p", model, "1", w) for w in kept])
+    for k, window in enumerate(every):
+        revision = "1" if k < 500 else "2"
+        a = Task(project="p", model="a", revision=revision, start=window.start, end=window.end)
+        rows = (2, 3) if k == 42 else (3, 3)
+        ledger_.record(a, [Outcome(window, State.DONE, "2 of 3" if k == 42 else None, *rows)])
+        state = State.NO_DATA if (k // 5) % 2 else State.DONE
+        ledger_.record(task("b", window), [Outcome(window, state, None, 3, 3)])
+        if not 100 <= k < 110 and k < len(every) - 30:
+            ledger_.record(task("c", window), [Outcome(window, State.DONE, None, 3, 3)])
+    ledger_.fail(task("b", every[200]), "Gordo answered 500")
+    ledger_.dead_letter(b"{}", "exhausted", "Gordo answered 500", 5, task("b", every[300]))
+    ledger_.mark_queued([task("c", every[-3])])
+    return every
+
+
+def answers(engine, every: list[Window]) -> list:
+    """What the views ask: whole-ledger tallies and tallies of a few ranges, by model."""
+    ranges = [(None, None), (every[0].start, every[50].start), (every[97].start, every[403].end), (every[-20].start, None)]
+    found = []
+    for start, end in ranges:
+        tallies = readmodel.tallies(engine, start=start, end=end, now=NOW, delay=timedelta(minutes=5))
+        found.append(sorted((t.project, t.model, t.states, t.newest_done, t.partial, t.late, t.pending,
+                             t.first_start, t.last_start, t.windows, t.missing(HALF_HOUR)) for t in tallies))  # fmt: skip
+    return found
+
+
+def rows_in(engine, table) -> int:
+    with engine.connect() as connection:
+        return connection.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def test_compaction_changes_no_answer_and_plans_nothing_again(database_url):
+    with build(config(database_url), clock=Clock(NOW)) as parts:
+        every = fill(parts)
+        before = answers(parts.engine, every)
+        states_before = {m: parts.ledger.states("p", m, FIRST, NOW) for m in "abc"}
+        hot_before = rows_in(parts.engine, ledger)
+
+        horizon = NOW - timedelta(days=8)
+        moved = 0
+        while step := parts.ledger.compact(horizon, limit=333):  # many small steps: runs extended
+            moved += step
+
+        assert answers(parts.engine, every) == before
+        assert {m: parts.ledger.states("p", m, FIRST, NOW) for m in "abc"} == states_before
+        assert rows_in(parts.engine, ledger) == hot_before - moved and moved > 1500
+        with parts.engine.connect() as connection:
+            left = connection.execute(select(ledger.c.state, ledger.c.window_end)).all()
+            runs = history.runs(connection, models=[("p", "a")])
+        # nothing finished older than the horizon is left; what is left there waits or failed
+        assert all(end > horizon or state in ("failed", "dead", "planned", "queued") for state, end in left)
+        # a: a run per revision, and the partial window cut out: 4 runs for 2 weeks
+        assert [(run.revision, run.partial, run.windows) for run in runs] == [
+            ("1", False, 42), ("1", True, 1), ("1", False, 457), ("2", False, 148)
+        ]  # fmt: skip
+
+        # planned at most once, ever: the whole range planned again adds nothing old
+        again = [PlannedWindow("p", m, "1", w) for m in "abc" for w in every if w.end <= horizon]
+        assert parts.ledger.plan(again) == 10  # c's gap: never planned, now planned
+        assert readmodel.model_known(parts.engine, "p", "a")
+
+
+def test_a_model_whose_every_window_is_compacted_keeps_its_watermark(sqlite_url):
+    with build(config(sqlite_url), clock=Clock(NOW)) as parts:
+        windows_ = list(GRID.windows(FIRST, FIRST + timedelta(days=2)))
+        parts.ledger.plan([PlannedWindow("p", "gone", "1", w) for w in windows_])
+        for w in windows_:
+            parts.ledger.record(task("gone", w), [Outcome(w, State.DONE, None, 3, 3)])
+        assert parts.ledger.compact(NOW) == len(windows_) and rows_in(parts.engine, ledger) == 0
+        assert parts.ledger.watermarks_of([("p", "gone"), ("p", "new")]) == {("p", "gone"): windows_[-1].start}
+
+
+def test_backfill_modes_see_compacted_windows(database_url, gordo_server):
+    settings_ = Config(database={"url": database_url},
+                       models={"base_url": gordo_server.base_url, "projects": ["demo"], "read_timeout": 20})  # fmt: skip
+    with build(settings_, clock=Clock(NOW)) as parts:
+        model, revision = "pump-1", gordo_server.revision
+        day = list(GRID.windows(FIRST, FIRST + timedelta(days=1)))
+        parts.ledger.plan([PlannedWindow("demo", model, revision, w) for k, w in enumerate(day) if k != 5])
+        t = Task(project="demo", model=model, revision=revision, start=day[0].start, end=day[-1].end)
+        parts.ledger.record(t, [Outcome(w, State.DONE, None, 3, 3) for w in day])
+        parts.ledger.compact(NOW - timedelta(days=8))
+        assert rows_in(parts.engine, ledger) == 0
+        planner = Backfill.from_components(parts)
+        models = planner.models(["demo"], (model,))
+        start, end = day[0].start, day[-1].end
+
+        missing = planner.plan(models, start, end, Mode.MISSING)
+        assert (missing.total()["planned"], missing.total()["reset"]) == (1, 0)  # only the gap
+        assert planner.plan(models, start, end, Mode.FAILED).total()["reset"] == 0
+
+        everything = planner.plan(models, day[10].start, day[20].start, Mode.ALL)
+        assert everything.total()["reset"] == 10
+        states = parts.ledger.states("demo", model, start, end)
+        assert len(states) == len(day) and states[day[5].start] == State.PLANNED
+        assert [states[w.start] for w in day[10:20]] == [State.PLANNED] * 10
+        assert [states[w.start] for w in day[:5] + day[6:10] + day[20:]] == [State.DONE] * (len(day) - 11)
+        with parts.engine.connect() as connection:  # the run is cut around the range
+            runs = history.runs(connection, models=[("demo", model)])
+        assert [(run.start, run.windows) for run in runs] == [(day[0].start, 5), (day[6].start, 4), (day[20].start, 28)]
+
+
+def test_the_scheduler_compacts_and_expires_dead_letters_as_it_ticks(database_url):
+    settings_ = config(database_url, compact_after="8d", dead_letters="10d")
+    with build(settings_, clock=Clock(NOW)) as parts:
+        every = fill(parts)
+        old = task("b", every[1])
+        parts.ledger.dead_letter(b"{}", "exhausted", "old", 5, old)
+        with parts.engine.begin() as connection:
+            connection.execute(dead_letters.update().where(dead_letters.c.error == "old")
+                               .values(created_at=NOW - timedelta(days=11)))  # fmt: skip
+        scheduler = Scheduler(settings_, Fleet(0, "fleet"), parts.ledger, parts.queue, Clock(NOW))
+        report = scheduler.tick()
+
+        assert report.compacted > 1500 and report.expired == 1
+        assert rows_in(parts.engine, ledger_history) > 0 and rows_in(parts.engine, dead_letters) == 1
+        assert scheduler.tick().compacted == 0  # nothing older is left
+
+
+@pytest.mark.parametrize("value", ["7d", "1h"])
+def test_compact_after_must_keep_the_status_pages_longest_view_hot(value):
+    with pytest.raises((ConfigError, ValueError), match="compact_after"):
+        Config(retention={"compact_after": value})
