@@ -32,6 +32,9 @@ WINDOWS_PLANNED = Counter("latigo_windows_planned", "Windows newly planned in th
 DEAD_LETTERS_EXPIRED = Counter(
     "latigo_dead_letters_expired", "Dead letters deleted for being older than retention.dead_letters"
 )
+PREDICTIONS_EXPIRED = Counter(
+    "latigo_predictions_expired", "Prediction values deleted for being older than predictions.retention"
+)
 WINDOWS_COMPACTED = Counter(
     "latigo_windows_compacted", "Old done and no-data windows moved from the ledger into its history as runs"
 )

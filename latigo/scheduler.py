@@ -41,8 +41,16 @@ from latigo.errors import LatigoError
 from latigo.history import COMPACT_BATCH
 from latigo.leader import Leadership
 from latigo.ledger import Ledger, PlannedWindow
-from latigo.metrics import DEAD_LETTERS_EXPIRED, HEALTH, TASKS_PUBLISHED, WINDOWS_COMPACTED, WINDOWS_PLANNED
+from latigo.metrics import (
+    DEAD_LETTERS_EXPIRED,
+    HEALTH,
+    PREDICTIONS_EXPIRED,
+    TASKS_PUBLISHED,
+    WINDOWS_COMPACTED,
+    WINDOWS_PLANNED,
+)
 from latigo.providers.models import ModelInformationProvider
+from latigo.providers.predictions import PredictionStorageProvider
 from latigo.queues import TaskQueue
 from latigo.queues.sql import SqlQueue
 from latigo.task import Task
@@ -86,6 +94,8 @@ class TickReport:
     # windows moved into the ledger's history, and dead letters deleted for their age
     compacted: int = 0
     expired: int = 0
+    # prediction values deleted for being older than predictions.retention
+    predictions_expired: int = 0
 
 
 class Deposed(Exception):
@@ -107,9 +117,16 @@ class Scheduler:
         queue: TaskQueue,
         clock: Clock = system_clock,
         leadership: Leadership | None = None,
+        predictions: PredictionStorageProvider | None = None,
     ) -> None:
+        """``predictions``: the store whose ``predictions.retention`` the leader applies."""
         self._schedule = config.schedule
         self._retention = config.retention
+        self._predictions = predictions
+        self._prediction_retention = config.predictions.retention
+        # the models of the last discovery, and where the prediction expiry goes on from
+        self._models: list[Model] = []
+        self._expiry_cursor = 0
         self._projects = config.models.projects
         self._grid = Grid(config.schedule.interval, config.schedule.anchor)
         self._model_info = model_info
@@ -180,6 +197,7 @@ class Scheduler:
         """Discover models and record their due windows in the ledger, ``TICK_BATCH`` models at
         a time; return how many windows were new."""
         models = self.discover(report)
+        self._models = models
         report.models = len(models)
         watermarks = self.watermarks(models, self._grid.last_due_end(report.now, self._schedule.delay))
         for offset in range(0, len(models), TICK_BATCH):
@@ -274,8 +292,24 @@ class Scheduler:
             if moved < COMPACT_BATCH:
                 break
         report.expired = self._ledger.expire_dead_letters(report.now - self._retention.dead_letters)
+        if self._predictions is not None and self._prediction_retention is not None:
+            self._expire_predictions(report, report.now - self._prediction_retention, started)
         WINDOWS_COMPACTED.inc(report.compacted)
         DEAD_LETTERS_EXPIRED.inc(report.expired)
+        PREDICTIONS_EXPIRED.inc(report.predictions_expired)
+
+    def _expire_predictions(self, report: TickReport, before: datetime, started: float) -> None:
+        """Model after model, from where the last tick stopped, until the budget is spent or
+        every model was asked once with nothing left to delete."""
+        assert self._predictions is not None
+        idle = 0
+        while self._models and idle < len(self._models) and monotonic() - started < UPKEEP_BUDGET_S:
+            model = self._models[self._expiry_cursor % len(self._models)]
+            deleted = self._predictions.expire(model.project, model.name, before)
+            report.predictions_expired += deleted
+            if not deleted:
+                idle += 1
+                self._expiry_cursor += 1
 
     # -- the loop ------------------------------------------------------------------------
 

@@ -107,7 +107,9 @@ def run_scheduler(parts: Components, *, once: bool = False) -> int:
     # mid-transaction) after one lease, so its locks cannot hold a standby up for longer
     end_stuck_transactions(parts.engine, parts.config.schedule.leader_ttl)
     leadership = leadership_for(parts.engine, parts.config.schedule.leader_ttl, parts.clock)
-    scheduler = Scheduler(parts.config, parts.model_info, parts.ledger, parts.queue, parts.clock, leadership)
+    scheduler = Scheduler(
+        parts.config, parts.model_info, parts.ledger, parts.queue, parts.clock, leadership, parts.predictions
+    )
     if once:
         try:
             report = scheduler.tick()

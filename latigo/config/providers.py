@@ -12,7 +12,7 @@ from pydantic import Field, SecretStr
 
 from latigo.config.sections import Section
 from latigo.config.urls import HttpsUrlText, HttpUrlText
-from latigo.config.values import MAX_COUNT, Count, Name, Parallel, PositiveDuration, Timeout
+from latigo.config.values import MAX_COUNT, Count, Duration, Name, Parallel, PositiveDuration, Timeout, at_least
 
 
 class HttpConfig(Section):
@@ -70,16 +70,27 @@ class InfluxSensorsConfig(InfluxConfig):
     field: Name = "value"
 
 
+# the shortest prediction retention: a day, so a mistyped value cannot drop what was just stored
+MIN_PREDICTION_RETENTION = timedelta(days=1)
+# how long predictions are kept (none: for ever, as gordo-client does)
+Retention = Annotated[Duration, at_least(MIN_PREDICTION_RETENTION)] | None
+
+
 class SqlPredictionsConfig(Section):
     """Predictions in the Latigo database's ``predictions`` table."""
 
     type: Literal["sql"] = "sql"
+    # older predictions are deleted by the leading scheduler, a day of a model at a time
+    retention: Retention = None
 
 
 class InfluxPredictionsConfig(InfluxConfig):
     """Predictions in InfluxDB 1.x, laid out like gordo-client's forwarder."""
 
     type: Literal["influx"]
+    # the database's default retention policy ``latigo``, of this duration: InfluxDB drops
+    # older points itself (and every default-policy writer of a shared database is under it)
+    retention: Retention = None
     extra_tags: dict[str, str] = Field(default_factory=dict)
     batch_size: Count = 10000
     # a tag key for the project (none in gordo-client's layout): needed when two projects

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from datetime import datetime
 
 import pandas as pd
 
@@ -24,6 +25,12 @@ class PredictionStorageProvider(ABC):
         """Replace the model's predictions in ``span`` by ``predictions`` (Gordo's answer:
         two-level columns, UTC index, every row inside ``span``; empty to remove them all);
         return the number of values written."""
+
+    def expire(self, project: str, model: str, before: datetime) -> int:
+        """Delete some of the model's predictions older than ``before`` (``predictions.retention``),
+        a bounded amount per call, and return how many; 0 when none is left. A store whose
+        server expires points itself applies its policy here and deletes nothing."""
+        return 0
 
     def probe(self) -> None:
         """Raise unless the store answers now: asked while it seems down for everyone."""

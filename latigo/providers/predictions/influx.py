@@ -29,6 +29,8 @@ its write leaves the task unacknowledged, so it is stored again.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pandas as pd
 
 from latigo.config import InfluxPredictionsConfig
@@ -55,6 +57,8 @@ MACHINE_TAG = "machine"
 SENSOR_TAG = "sensor_name"
 # the one field of every point, as gordo-client writes it
 VALUE_FIELD = "sensor_value"
+# the retention policy predictions.retention makes the database's default
+RETENTION_POLICY = "latigo"
 # every output group Gordo answers (anomaly, thresholds, all_columns): the measurements a
 # store clears in its span, so a group the new run lacks leaves no stale points either
 OUTPUT_MEASUREMENTS = (
@@ -89,6 +93,8 @@ class InfluxPredictions(PredictionStorageProvider):
         # predictions.project_tag, extra_tags and batch_size are read from here, the one path
         self._config = config
         self._http = InfluxHttp(config, PREDICTION_STORE)
+        # whether predictions.retention is applied to the database (once per process)
+        self._retention_applied = config.retention is None
 
     def store(self, project: str, model: str, revision: str, span: Window, predictions: pd.DataFrame) -> int:
         """Replace the model's points in ``span`` by every finite value of ``predictions``;
@@ -117,6 +123,25 @@ class InfluxPredictions(PredictionStorageProvider):
             for line in float_lines(prefix, VALUE_FIELD, values[:, position], suffixes)
         )
         return self._http.write(lines, self._config.batch_size)
+
+    def expire(self, project: str, model: str, before: datetime) -> int:
+        """InfluxDB expires points itself: make ``predictions.retention`` the database's
+        default policy (once), delete nothing."""
+        if not self._retention_applied:
+            self._apply_retention()
+            self._retention_applied = True
+        return 0
+
+    def _apply_retention(self) -> None:
+        assert self._config.retention is not None
+        hours = max(1, int(self._config.retention.total_seconds() // 3600))
+        found = self._http.query(f"SHOW RETENTION POLICIES ON {quote_ident(self._http.database)}")
+        known = {row[0] for series in found for row in series.get("values") or []}
+        verb = "ALTER" if RETENTION_POLICY in known else "CREATE"
+        self._http.command(
+            f"{verb} RETENTION POLICY {quote_ident(RETENTION_POLICY)} ON {quote_ident(self._http.database)} "
+            f"DURATION {hours}h{' REPLICATION 1' if verb == 'CREATE' else ''} DEFAULT"
+        )
 
     @staticmethod
     def _deletes(tags: dict[str, str], span: Window, outputs: set[str]) -> str:

@@ -6,8 +6,10 @@ runs) both end with one copy."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pandas as pd
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine, delete, func, select
 
 from latigo import db
 from latigo.frames import check_inside, output_series
@@ -15,6 +17,10 @@ from latigo.outages import PREDICTION_STORE
 from latigo.providers.predictions import PredictionStorageProvider
 from latigo.schema import predictions as predictions_table
 from latigo.window import Window
+
+# the most of one model's predictions one retention delete removes: a day of a 20-tag model
+# is about 15,000 rows, one short transaction
+EXPIRE_SLICE = timedelta(days=1)
 
 
 class SqlPredictions(PredictionStorageProvider):
@@ -44,6 +50,19 @@ class SqlPredictions(PredictionStorageProvider):
         with db.translate_outage(PREDICTION_STORE), self._engine.begin() as connection:
             connection.execute(stale)
             return self._upsert.execute(connection, rows)
+
+    def expire(self, project: str, model: str, before: datetime) -> int:
+        """Delete the model's oldest day of predictions older than ``before`` (a seek on the
+        primary key, then one bounded range); PostgreSQL and SQLite alike, until the table is
+        partitioned by time."""
+        of_model = (predictions_table.c.project == project, predictions_table.c.model == model)
+        with db.translate_outage(PREDICTION_STORE), self._engine.begin() as connection:
+            oldest = connection.execute(select(func.min(predictions_table.c.time)).where(*of_model)).scalar()
+            if oldest is None or oldest >= before:
+                return 0
+            until = min(before, oldest + EXPIRE_SLICE)
+            range_ = (predictions_table.c.time >= oldest, predictions_table.c.time < until)
+            return connection.execute(delete(predictions_table).where(*of_model, *range_)).rowcount
 
     def probe(self) -> None:
         db.probe(self._engine)
