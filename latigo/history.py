@@ -130,7 +130,7 @@ def runs(
 
 @dataclass(frozen=True)
 class Totals:
-    """One model's history, counted: what the read model adds to the hot ledger's tally."""
+    """Windows of one model, counted: what the read model adds to the hot ledger's tally."""
 
     states: dict[State, int]
     partial: int
@@ -138,6 +138,20 @@ class Totals:
     first_start: datetime
     last_start: datetime
     windows: int
+
+    def __add__(self, other: Totals) -> Totals:
+        """Both counted together (the one merge of history and of history with the ledger)."""
+        states = dict(self.states)
+        for state, count in other.states.items():
+            states[state] = states.get(state, 0) + count
+        return Totals(
+            states,
+            self.partial + other.partial,
+            max((end for end in (self.newest_done, other.newest_done) if end is not None), default=None),
+            min(self.first_start, other.first_start),
+            max(self.last_start, other.last_start),
+            self.windows + other.windows,
+        )
 
 
 def totals(
@@ -157,23 +171,9 @@ def totals(
         first = next(run.starts(start, end))
         last = first + (count - 1) * run.step
         done_end = last + run.step if run.state == State.DONE else None
+        counted = Totals({run.state: count}, count if run.partial else 0, done_end, first, last, count)
         known = per_model.get((run.project, run.model))
-        if known is None:
-            per_model[(run.project, run.model)] = Totals(
-                {run.state: count}, count if run.partial else 0, done_end, first, last, count
-            )
-            continue
-        states = dict(known.states)
-        states[run.state] = states.get(run.state, 0) + count
-        newest = max((end for end in (known.newest_done, done_end) if end is not None), default=None)
-        per_model[(run.project, run.model)] = Totals(
-            states,
-            known.partial + (count if run.partial else 0),
-            newest,
-            min(known.first_start, first),
-            max(known.last_start, last),
-            known.windows + count,
-        )
+        per_model[(run.project, run.model)] = counted if known is None else known + counted
     return per_model
 
 

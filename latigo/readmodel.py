@@ -160,22 +160,22 @@ def _with_history(hot: list[Tally], old: dict[tuple[str, str], history.Totals]) 
     merged = []
     for tally in hot:
         runs = old.pop((tally.project, tally.model), None)
-        if runs is None:
+        if runs is None or tally.first_start is None or tally.last_start is None:
             merged.append(tally)
             continue
-        states = dict(tally.states)
-        for state, count in runs.states.items():
-            states[state] = states.get(state, 0) + count
-        done = [end for end in (tally.newest_done, runs.newest_done) if end is not None]
+        recent = history.Totals(
+            tally.states, tally.partial, tally.newest_done, tally.first_start, tally.last_start, tally.windows
+        )
+        both = recent + runs
         merged.append(
             replace(
                 tally,
-                states=states,
-                newest_done=max(done, default=None),
-                partial=tally.partial + runs.partial,
-                first_start=min(runs.first_start, tally.first_start or runs.first_start),
-                last_start=max(runs.last_start, tally.last_start or runs.last_start),
-                windows=tally.windows + runs.windows,
+                states=both.states,
+                newest_done=both.newest_done,
+                partial=both.partial,
+                first_start=both.first_start,
+                last_start=both.last_start,
+                windows=both.windows,
             )
         )
     merged += [
