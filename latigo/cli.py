@@ -242,7 +242,8 @@ def predictions(ctx: click.Context, output: str, since: timedelta, model: str | 
     with components(ctx) as parts:
         if not isinstance(parts.config.predictions, SqlPredictionsConfig):
             raise click.UsageError("predictions are stored in InfluxDB: look at them there (or in Grafana)")
-        frame = report.recent_predictions(parts.engine, output, parts.clock() - since, model)
+        projects = parts.config.models.projects  # a model's predictions are found by its key
+        frame = report.recent_predictions(parts.engine, output, parts.clock() - since, model, projects)
     if frame.empty:
         click.echo(f"no {output} predictions in the last {since}")
         return

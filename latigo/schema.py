@@ -165,6 +165,8 @@ predictions = Table(
     Column("tag", String(NAME), primary_key=True),
     Column("value", Float),
     Column("revision", String(REVISION), nullable=False),
+    # one output group since a moment, over every model: `latigo predictions`
+    Index("ix_predictions_output_time", "output", "time"),
 )
 
 # executors paused for a dependency that is down (latigo.outages), while the database answers

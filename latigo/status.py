@@ -5,6 +5,7 @@ checks are read here."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -83,15 +84,27 @@ def status_table(statuses: list[ModelStatus], now: datetime) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def recent_predictions(engine: Engine, output: str, since: datetime, model: str | None = None) -> pd.DataFrame:
-    """One output group's values per model since ``since`` (time x model), for a quick look."""
-    query = (
-        select(predictions.c.time, predictions.c.model, predictions.c.tag, predictions.c.value)
-        .where(predictions.c.output == output, predictions.c.time >= since)
-        .order_by(predictions.c.time)
-    )
-    if model:
-        query = query.where(predictions.c.model == model)
+def recent_predictions(
+    engine: Engine, output: str, since: datetime, model: str | None = None, projects: Sequence[str] = ()
+) -> pd.DataFrame:
+    """One output group's values per model since ``since`` (time x model), for a quick look.
+    Every model's are found through the output-and-time index; one model's, given its
+    possible ``projects``, through the key, which leads with project and model."""
+    # no ORDER BY: the pivot sorts by time
+    columns = predictions.c.time, predictions.c.model, predictions.c.tag, predictions.c.value
+    if model and projects:
+        # output as an expression no index serves: SQLite, without statistics, would take
+        # the output-and-time index and read every model's rows of the range
+        query = select(*columns).where(
+            predictions.c.project.in_(projects),
+            predictions.c.model == model,
+            predictions.c.time >= since,
+            predictions.c.output.concat("") == output,
+        )
+    else:
+        query = select(*columns).where(predictions.c.output == output, predictions.c.time >= since)
+        if model:
+            query = query.where(predictions.c.model == model)
     with engine.connect() as connection:
         rows = connection.execute(query).all()
     frame = pd.DataFrame(rows, columns=["time", "model", "tag", "value"])
