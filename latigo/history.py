@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, and_, delete, insert, select, tuple_, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, select, tuple_, update
 
 from latigo import db
 from latigo.schema import ledger, ledger_history
@@ -218,7 +218,11 @@ def _row(run: Run) -> dict:
 
 def compact(engine: Engine, before: datetime, limit: int = COMPACT_BATCH) -> int:
     """Move up to ``limit`` done and no-data windows that ended by ``before`` into runs, in
-    one transaction; returns how many moved (fewer than ``limit``: nothing older is left)."""
+    one transaction; returns how many moved (fewer than ``limit``: nothing older is left).
+
+    A batch is a few statements whatever its runs: a scheduler in step compacts one window
+    of every model each tick, and a statement per model would make the tick of a fleet with
+    history slower than one without."""
     query = (
         select(
             ledger.c.project,
@@ -236,31 +240,57 @@ def compact(engine: Engine, before: datetime, limit: int = COMPACT_BATCH) -> int
     )
     with engine.begin() as connection:
         found = runs_of(connection.execute(query))
-        for run in found:
-            _move(connection, run)
+        if not found:
+            return 0
+        _move(connection, found)
     return sum(run.windows for run in found)
 
 
-def _move(connection: Connection, run: Run) -> None:
-    """Delete the run's windows from the ledger; extend the run it continues, or add it."""
+# one run's windows in the ledger, for an executemany of its range
+_IN_RUN = and_(
+    ledger.c.project == bindparam("p"),
+    ledger.c.model == bindparam("m"),
+    ledger.c.window_start >= bindparam("s"),
+    ledger.c.window_start < bindparam("e"),
+)
+
+
+def _move(connection: Connection, found: Sequence[Run]) -> None:
+    """Delete the runs' windows from the ledger; extend the history run each continues, or
+    add it as a new one (``found`` as ``runs_of`` groups them: at most one run a model
+    continues, its first)."""
     connection.execute(
-        delete(ledger).where(
-            ledger.c.project == run.project,
-            ledger.c.model == run.model,
-            ledger.c.window_start >= run.start,
-            ledger.c.window_start < run.end,
-        )
+        delete(ledger).where(_IN_RUN),
+        [{"p": run.project, "m": run.model, "s": run.start, "e": run.end} for run in found],
     )
-    of_model = and_(ledger_history.c.project == run.project, ledger_history.c.model == run.model)
-    previous = connection.execute(select(ledger_history).where(of_model, ledger_history.c.run_end == run.start)).first()
-    if previous is not None and run.follows(_run(previous)):
+    previous: dict[tuple[str, str, datetime], Run] = {}
+    for offset in range(0, len(found), MODELS_PER_QUERY):
+        ends = [(run.project, run.model, run.start) for run in found[offset : offset + MODELS_PER_QUERY]]
+        key = tuple_(ledger_history.c.project, ledger_history.c.model, ledger_history.c.run_end)
+        for row in connection.execute(select(ledger_history).where(key.in_(ends))):
+            previous[(row.project, row.model, row.run_end)] = _run(row)
+    extended, added = [], []
+    for run in found:
+        before = previous.get((run.project, run.model, run.start))
+        if before is not None and run.follows(before):
+            extended.append(
+                {"p": run.project, "m": run.model, "s": before.start, "e": run.end, "w": before.windows + run.windows}
+            )
+        else:
+            added.append(_row(run))
+    if extended:
         connection.execute(
             update(ledger_history)
-            .where(of_model, ledger_history.c.run_start == previous.run_start)
-            .values(run_end=run.end, windows=previous.windows + run.windows)
+            .where(
+                ledger_history.c.project == bindparam("p"),
+                ledger_history.c.model == bindparam("m"),
+                ledger_history.c.run_start == bindparam("s"),
+            )
+            .values(run_end=bindparam("e"), windows=bindparam("w")),
+            extended,
         )
-    else:
-        connection.execute(insert(ledger_history).values(_row(run)))
+    if added:
+        connection.execute(insert(ledger_history), added)
 
 
 def restore(connection: Connection, project: str, model: str, start: datetime, end: datetime, now: datetime) -> int:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from latigo import history, readmodel
 from latigo.backfill import Backfill, Mode
@@ -163,6 +163,29 @@ def test_a_model_whose_every_window_is_compacted_keeps_its_watermark(sqlite_url)
             parts.ledger.record(task("gone", w), [Outcome(w, State.DONE, None, 3, 3)])
         assert parts.ledger.compact(NOW) == len(windows_) and rows_in(parts.engine, ledger) == 0
         assert parts.ledger.watermarks_of([("p", "gone"), ("p", "new")]) == {("p", "gone"): windows_[-1].start}
+
+
+def test_a_compaction_batch_is_a_few_statements_however_many_models_it_moves(database_url):
+    """A scheduler in step compacts one window of every model each tick: the statements of
+    a batch must not grow with the models in it (one per run made a year-old fleet's tick
+    slower than a new one's)."""
+    with build(config(database_url), clock=Clock(NOW)) as parts:
+        day = list(GRID.windows(FIRST, FIRST + timedelta(days=1)))
+        models = [f"m{n}" for n in range(60)]
+        parts.ledger.plan([PlannedWindow("p", m, "1", w) for m in models for w in day])
+        for m in models:
+            parts.ledger.record(task(m, Window(day[0].start, day[-1].end)),
+                                [Outcome(w, State.DONE, None, 3, 3) for w in day])  # fmt: skip
+        statements = []
+        event.listen(parts.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+        assert parts.ledger.compact(day[24].start) == 60 * 24  # the first half day: new runs
+        first = len(statements)
+        assert parts.ledger.compact(day[-1].end) == 60 * 24  # the rest: every run extended
+        second = len(statements) - first
+        with parts.engine.connect() as connection:
+            runs = history.runs(connection, project="p")
+        assert sorted((run.model, run.windows) for run in runs) == sorted((m, 48) for m in models)
+        assert first <= 6 and second <= 6, statements
 
 
 def test_backfill_modes_see_compacted_windows(database_url, gordo_server):
