@@ -255,6 +255,10 @@ def run_latigo(
         schedule={"max_task_span": span},
         executor={"concurrency": args.concurrency},
         metrics={"port": 0},
+        # the run's end is read from the ledger's timestamps (last_ledger_update), and the
+        # scheduler's compaction would move the range's older windows into runs, which keep
+        # none: nothing is compacted during a run (compaction's cost is bench.growth's)
+        retention={"compact_after": "3650d"},
     )
     config_file = folder / f"{side.database}.yaml"
     config_file.write_text(dump_config(config))
