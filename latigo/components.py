@@ -108,4 +108,4 @@ def build_predictions(config: Config, engine: Engine) -> PredictionStorageProvid
         return InfluxPredictions(config.predictions)
     from latigo.providers.predictions.sql import SqlPredictions
 
-    return SqlPredictions(engine)
+    return SqlPredictions(engine, config.predictions.outputs)

@@ -8,7 +8,7 @@ gordo-client's InfluxDB layout, a total's tag is its group name.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -188,11 +188,18 @@ def _inside(index: pd.Index, window: Window) -> slice | np.ndarray:
     return np.flatnonzero((times >= start) & (times < end))
 
 
-def output_series(predictions: pd.DataFrame) -> tuple[list[tuple[str, str]], np.ndarray]:
+def output_series(
+    predictions: pd.DataFrame, outputs: Collection[str] | None = None
+) -> tuple[list[tuple[str, str]], np.ndarray]:
     """Gordo's wide answer as storage sees it: the (output, tag) of each prediction column,
     a total's tag being its group name as in gordo-client, and the values, one row per time
-    and one column per series (NaN where Gordo gave none)."""
-    keep = [position for position, (group, _) in enumerate(predictions.columns) if group not in NON_OUTPUT_GROUPS]
+    and one column per series (NaN where Gordo gave none). With ``outputs``
+    (``predictions.outputs``), only those groups."""
+    keep = [
+        position
+        for position, (group, _) in enumerate(predictions.columns)
+        if group not in NON_OUTPUT_GROUPS and (outputs is None or group in outputs)
+    ]
     series = [(group, tag or group) for group, tag in predictions.columns[keep]]
-    outputs = predictions if len(keep) == predictions.shape[1] else predictions.iloc[:, keep]
-    return series, outputs.to_numpy(dtype="float64", na_value=np.nan)
+    kept = predictions if len(keep) == predictions.shape[1] else predictions.iloc[:, keep]
+    return series, kept.to_numpy(dtype="float64", na_value=np.nan)

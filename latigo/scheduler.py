@@ -292,6 +292,8 @@ class Scheduler:
             if moved < COMPACT_BATCH:
                 break
         report.expired = self._ledger.expire_dead_letters(report.now - self._retention.dead_letters)
+        if self._predictions is not None:
+            self._predictions.prepare(report.now)
         if self._predictions is not None and self._prediction_retention is not None:
             self._expire_predictions(report, report.now - self._prediction_retention, started)
         WINDOWS_COMPACTED.inc(report.compacted)

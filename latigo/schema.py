@@ -155,6 +155,11 @@ sensor_data = Table(
     CheckConstraint(SQLITE_UTC_TEXT, name="ck_sensor_data_utc_text").ddl_if(dialect="sqlite"),
 )
 
+# Gordo's predictions, one row per (project, model, time, output group): the group's values
+# at that time, in the order of its tags in prediction_tags. A 20-tag model's window is 24
+# rows, where one row per value made 309 (bench/README.md, "The prediction store's layout").
+# On PostgreSQL the table is partitioned by time (latigo.providers.predictions.partitions):
+# retention drops whole partitions.
 predictions = Table(
     "predictions",
     metadata,
@@ -162,11 +167,27 @@ predictions = Table(
     Column("model", String(NAME), primary_key=True),
     Column("time", UTCDateTime(), primary_key=True),
     Column("output", String(OUTPUT), primary_key=True),
-    Column("tag", String(NAME), primary_key=True),
-    Column("value", Float),
     Column("revision", String(REVISION), nullable=False),
+    # float64, little-endian, one per tag; NaN where Gordo gave none
+    Column("tag_values", LargeBinary, nullable=False),
     # one output group since a moment, over every model: `latigo predictions`
     Index("ix_predictions_output_time", "output", "time"),
+    # SQLite keeps the rows in the key's order, once, instead of a rowid table beside a key index
+    sqlite_with_rowid=False,
+    postgresql_partition_by="RANGE (time)",
+)
+
+# the tags of each output group of a model at a revision, in the order of the values in
+# predictions.tag_values: written once, by the first store of that revision
+prediction_tags = Table(
+    "prediction_tags",
+    metadata,
+    Column("project", String(NAME), primary_key=True),
+    Column("model", String(NAME), primary_key=True),
+    Column("revision", String(REVISION), primary_key=True),
+    Column("output", String(OUTPUT), primary_key=True),
+    # a JSON list of tag names; a total's one tag is the group's name, as in gordo-client
+    Column("tags", Text, nullable=False),
 )
 
 # executors paused for a dependency that is down (latigo.outages), while the database answers

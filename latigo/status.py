@@ -14,8 +14,9 @@ from sqlalchemy import Engine, func, select
 
 from latigo import readmodel
 from latigo.ledger import State
+from latigo.providers.predictions.sql import read as stored_predictions
 from latigo.readmodel import Failure, dead_letter_count, recent_failures
-from latigo.schema import dependency_outages, predictions
+from latigo.schema import dependency_outages
 
 # what the status command reads from here, though the read model answers it
 __all__ = [
@@ -87,27 +88,9 @@ def status_table(statuses: list[ModelStatus], now: datetime) -> pd.DataFrame:
 def recent_predictions(
     engine: Engine, output: str, since: datetime, model: str | None = None, projects: Sequence[str] = ()
 ) -> pd.DataFrame:
-    """One output group's values per model since ``since`` (time x model), for a quick look.
-    Every model's are found through the output-and-time index; one model's, given its
-    possible ``projects``, through the key, which leads with project and model."""
-    # no ORDER BY: the pivot sorts by time
-    columns = predictions.c.time, predictions.c.model, predictions.c.tag, predictions.c.value
-    if model and projects:
-        # output as an expression no index serves: SQLite, without statistics, would take
-        # the output-and-time index and read every model's rows of the range
-        query = select(*columns).where(
-            predictions.c.project.in_(projects),
-            predictions.c.model == model,
-            predictions.c.time >= since,
-            predictions.c.output.concat("") == output,
-        )
-    else:
-        query = select(*columns).where(predictions.c.output == output, predictions.c.time >= since)
-        if model:
-            query = query.where(predictions.c.model == model)
-    with engine.connect() as connection:
-        rows = connection.execute(query).all()
-    frame = pd.DataFrame(rows, columns=["time", "model", "tag", "value"])
+    """One output group's values per model since ``since`` (time x model), for a quick look;
+    one model's found through the key given its possible ``projects``."""
+    frame = stored_predictions(engine, outputs=[output], projects=projects, model=model, start=since)
     if frame.empty:
         return frame
     frame["column"] = frame["model"] if output.startswith("total-") else frame["model"] + ":" + frame["tag"]
@@ -115,12 +98,10 @@ def recent_predictions(
 
 
 def prediction_duplicates(engine: Engine) -> int:
-    """Rows sharing (project, model, time, output, tag): always zero, the key forbids it;
-    kept as a check the demo and tests can run against any store layout."""
-    key = [predictions.c.project, predictions.c.model, predictions.c.time, predictions.c.output, predictions.c.tag]
-    query = select(func.count()).select_from(select(*key).group_by(*key).having(func.count() > 1).subquery())
-    with engine.connect() as connection:
-        return connection.execute(query).scalar_one()
+    """Values sharing (project, model, time, output, tag): always zero, the key and the
+    tags catalogue forbid it; kept as a check the demo and tests can run against any layout."""
+    frame = stored_predictions(engine)
+    return int(frame.duplicated(["project", "model", "time", "output", "tag"]).sum())
 
 
 def status_document(

@@ -25,7 +25,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -37,7 +37,8 @@ from latigo.config import Config
 from latigo.demo.feeder import feed
 from latigo.demo.models import model_names, tags_of
 from latigo.ledger import State
-from latigo.schema import dead_letters, ledger, predictions, task_queue
+from latigo.providers.predictions.sql import read as read_predictions
+from latigo.schema import dead_letters, ledger, task_queue
 from latigo.window import Grid
 
 pytestmark = pytest.mark.integration  # latigo processes killed mid-task against real Gordo, PostgreSQL and InfluxDB
@@ -270,7 +271,7 @@ def test_executors_killed_at_random_lose_and_duplicate_nothing(
 
     def sample_queue() -> int:
         """Remember messages delivered more than once; return how many are leased now."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         with engine.connect() as connection:
             columns = task_queue.c
             rows = connection.execute(
@@ -305,16 +306,16 @@ def test_executors_killed_at_random_lose_and_duplicate_nothing(
 
     try:
         # sensor data for every window planned below, and before it for the models' offset
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         first = expected_windows(now)[0]
         feed(engine_parts.sensors, first - FEED_LEAD, Grid(timedelta(minutes=1)).floor(now))
 
-        before = datetime.now(timezone.utc)
+        before = datetime.now(UTC)
         scheduler = subprocess.run(
             [sys.executable, "-m", "latigo", "--config", str(config_file), "scheduler", "--once"],
             capture_output=True, text=True, timeout=120, env=_clean_env(),
         )  # fmt: skip
-        after = datetime.now(timezone.utc)
+        after = datetime.now(UTC)
         assert scheduler.returncode == 0, scheduler.stderr[-3000:]
         with engine.connect() as connection:
             planned = set(connection.execute(select(ledger.c.model, ledger.c.window_start)).all())
@@ -405,18 +406,11 @@ def test_executors_killed_at_random_lose_and_duplicate_nothing(
 
 
 def check_sql_predictions(engine, models: list[str], steps: list[datetime]) -> None:
-    columns = predictions.c
-    key = [columns.project, columns.model, columns.time, columns.output, columns.tag]
-    with engine.connect() as connection:
-        duplicates = connection.execute(
-            select(func.count()).select_from(select(*key).group_by(*key).having(func.count() > 1).subquery())
-        ).scalar_one()
-        per_step = connection.execute(
-            select(predictions.c.model, predictions.c.time, func.count())
-            .group_by(predictions.c.model, predictions.c.time)
-        ).all()
-        total = connection.execute(select(func.count()).select_from(predictions)).scalar_one()
-        outputs = set(connection.execute(select(predictions.c.output).distinct()).scalars())
+    values = read_predictions(engine)
+    duplicates = int(values.duplicated(["project", "model", "time", "output", "tag"]).sum())
+    per_step = values.groupby(["model", "time"]).size().reset_index().itertuples(index=False)
+    total = len(values)
+    outputs = set(values["output"])
     assert duplicates == 0
     assert outputs == set(PER_TAG_GROUPS) | set(TOTAL_GROUPS)
     # every 10-minute step of every window, with every column of the model, once: nothing lost

@@ -19,9 +19,10 @@ import json
 import shutil
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import unquote
 
 import pandas as pd
@@ -31,7 +32,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from latigo import dlq
 from latigo.components import Components, build
@@ -43,10 +44,10 @@ from latigo.demo.signals import signal
 from latigo.errors import PermanentError, RevisionGone, TransientError
 from latigo.executor import Executor
 from latigo.ledger import Outcome, PlannedWindow, State
-from latigo.providers.models import ModelMetadata
+from latigo.providers.models import ModelMetadata, wire
 from latigo.providers.models.gordo import BadMetadata, GordoModels, _route, parse_metadata
-from latigo.providers.models import wire
-from latigo.schema import dead_letters, ledger, predictions
+from latigo.providers.predictions.sql import read as read_predictions
+from latigo.schema import dead_letters, ledger
 from latigo.task import OVERSIZED_KEPT, Task
 from latigo.window import Window
 from tests.clock import Clock
@@ -54,7 +55,7 @@ from tests.fault_proxy import FaultProxy, Rewrite
 
 pytestmark = pytest.mark.integration
 
-NOW = datetime(2026, 3, 2, 12, 7, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 2, 12, 7, tzinfo=UTC)
 # the grid point before NOW: tasks lie on the 30-minute grid
 HOUR = NOW.replace(minute=0)
 INTERVAL = timedelta(minutes=30)
@@ -155,19 +156,15 @@ def letters(parts: Components) -> list[dict[str, Any]]:
 
 
 def stored_count(parts: Components, **where: str) -> int:
-    query = select(func.count()).select_from(predictions)
+    """Values stored, of the rows matching ``where`` (column=value)."""
+    frame = read_predictions(parts.engine)
     for name, value in where.items():
-        query = query.where(predictions.c[name] == value)
-    with parts.engine.connect() as connection:
-        return connection.execute(query).scalar_one()
+        frame = frame[frame[name] == value]
+    return len(frame)
 
 
 def stored(parts: Components, model: str) -> pd.DataFrame:
-    query = select(predictions.c.time, predictions.c.output, predictions.c.tag, predictions.c.value).where(
-        predictions.c.model == model
-    )
-    with parts.engine.connect() as connection:
-        frame = pd.DataFrame(connection.execute(query).all(), columns=["time", "output", "tag", "value"])
+    frame = read_predictions(parts.engine, model=model)[["time", "output", "tag", "value"]]
     frame["time"] = pd.to_datetime(frame.time, utc=True)
     return frame
 
@@ -250,7 +247,7 @@ def test_a_century_long_span_is_malformed_and_the_windows_inside_stay_planned(
 ):
     with pipeline(sqlite_url, gordo_server.base_url, clock) as (proxy, parts):
         plan(parts, "pump-1", HOUR - 6 * INTERVAL, 6)
-        plan(parts, "pump-1", datetime(1950, 1, 1, tzinfo=timezone.utc), 3)
+        plan(parts, "pump-1", datetime(1950, 1, 1, tzinfo=UTC), 3)
         start = HOUR.replace(year=HOUR.year - 100)
         task = Task(project="demo", model="pump-1", revision=gordo_server.revision, start=start, end=HOUR)
         [letter] = run_malformed(parts, proxy, [task.to_json()])

@@ -80,6 +80,8 @@ def test_environment_overrides_the_file(tmp_path, monkeypatch):
         ("storage: {}\n", "'storage': not a section; the sections are database, schedule"),
         ("- a list\n", "top level must be a mapping"),
         ("schedule: [unclosed\n", "not valid YAML"),
+        ("predictions:\n  outputs: [total-anomaly]\n", "predictions.outputs: .*unknown output group 'total-anomaly'"),
+        ("predictions:\n  outputs: []\n", "predictions.outputs: .*an empty list would store nothing"),
     ],
 )
 def test_bad_files_stop_with_the_key_named(tmp_path, text, key):

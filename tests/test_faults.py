@@ -27,8 +27,9 @@ from latigo.demo.feeder import feed
 from latigo.demo.models import tags_of
 from latigo.executor import Executor
 from latigo.ledger import PlannedWindow, State
+from latigo.providers.predictions.sql import read as read_predictions
 from latigo.scheduler import Scheduler
-from latigo.schema import dead_letters, ledger, predictions
+from latigo.schema import dead_letters, ledger
 from latigo.status import prediction_duplicates
 from latigo.task import Task
 from tests.clock import Clock
@@ -143,10 +144,7 @@ def run_to_the_end(parts: Components, clock: Clock) -> int:
 def prediction_times(parts: Components) -> dict[str, set[pd.Timestamp]]:
     """The times each model has predictions for; each time must have every value once: one
     per tag of the five per-tag groups, and the three totals."""
-    key = (predictions.c.model, predictions.c.time)
-    query = select(*key, func.count()).group_by(*key)
-    with parts.engine.connect() as connection:
-        rows = pd.DataFrame(connection.execute(query).all(), columns=["model", "time", "values"])
+    rows = read_predictions(parts.engine).groupby(["model", "time"]).size().rename("values").reset_index()
     for model, group in rows.groupby("model"):
         assert set(group["values"]) == {5 * len(tags_of(model)) + 3}, model
     rows["time"] = pd.to_datetime(rows.time, utc=True)

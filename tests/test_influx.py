@@ -289,6 +289,20 @@ def test_predictions_use_gordo_clients_layout(influx_server: InfluxServer, influ
     assert stored_points(influx_server, influx_database) == expected_points(answer, "m3", site="north sea, A")
 
 
+def test_outputs_stores_only_the_chosen_groups_and_still_clears_the_others(
+    influx_server: InfluxServer, influx_database: str
+) -> None:
+    answer = gordo_answer()
+    predictions_for(influx_server.url, influx_database).store("demo", "m3", "1", SPAN, answer)
+    chosen = predictions_for(influx_server.url, influx_database, outputs=["total-anomaly-scaled"])
+
+    assert chosen.store("demo", "m3", "1", SPAN, answer) == len(answer), "one total per time"
+
+    measurements = influx_server.points("SHOW MEASUREMENTS", influx_database)
+    points = {row["name"]: influx_server.points(f'SELECT * FROM "{row["name"]}"', influx_database) for row in measurements}
+    assert {name for name, found in points.items() if found} == {"total-anomaly-scaled"}
+
+
 def test_project_tag_is_optional(influx_server: InfluxServer, influx_database: str) -> None:
     storage = predictions_for(influx_server.url, influx_database, project_tag="project")
     storage.store("demo", "m3", "1", SPAN, gordo_answer())

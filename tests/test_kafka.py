@@ -34,11 +34,12 @@ from latigo.demo.feeder import feed
 from latigo.demo.models import model_names, tags_of
 from latigo.errors import PermanentError, TransientError
 from latigo.ledger import State
+from latigo.providers.predictions.sql import read as read_predictions
 from latigo.queues import kafka
 from latigo.queues.kafka import KafkaQueue
 from latigo.queues.kafka_clients import client_settings, event_hubs_settings, translate
 from latigo.queues.partitions import DELIVERIES, NOT_BEFORE, PartitionTracker, read_marks, retry_marks
-from latigo.schema import dead_letters, ledger, predictions
+from latigo.schema import dead_letters, ledger
 from latigo.window import Grid
 from tests.kafka_fixture import FAST_GROUP
 from tests.postgres_fixture import free_port
@@ -437,11 +438,7 @@ def test_executors_share_partitions_and_one_killed_mid_task_loses_and_duplicates
         with engine.connect() as connection:
             rows = connection.execute(select(ledger.c.model, ledger.c.window_start, ledger.c.state)).all()
             letters = connection.execute(select(func.count()).select_from(dead_letters)).scalar_one()
-            found = connection.execute(
-                select(predictions.c.model, predictions.c.time, func.count()).group_by(
-                    predictions.c.model, predictions.c.time
-                )
-            ).all()
+        found = read_predictions(engine).groupby(["model", "time"]).size().reset_index().itertuples(index=False)
         per_step = {(model, moment.astimezone(UTC)): count for model, moment, count in found}
         assert len(rows) == len(planned) and {(model, start) for model, start, _ in rows} == planned
         assert {state for _, _, state in rows} == {State.DONE}

@@ -7,7 +7,7 @@ the demo models, the database, the SQL queue, the synthetic sensor feed.
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -20,6 +20,7 @@ from latigo.demo.models import tags_of
 from latigo.demo.signals import anomalies
 from latigo.executor import Executor
 from latigo.ledger import PlannedWindow, State
+from latigo.providers.predictions.sql import read as read_predictions
 from latigo.scheduler import Scheduler
 from latigo.schema import dead_letters, ledger, predictions
 from latigo.status import prediction_duplicates
@@ -27,7 +28,7 @@ from latigo.task import Task
 from tests.clock import Clock
 
 # the moment the tests' clock starts at: any time works, the demo data is defined for all
-NOW = datetime(2026, 3, 2, 12, 7, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 2, 12, 7, tzinfo=UTC)
 # the window grid point before NOW: tasks lie on the grid
 HOUR = NOW.replace(minute=0)
 # Gordo's anomaly endpoint answers these groups for models with thresholds
@@ -73,9 +74,7 @@ def ledger_states(parts: Components) -> dict[tuple[str, str], int]:
 
 
 def stored(parts: Components) -> pd.DataFrame:
-    query = select(predictions.c.model, predictions.c.time, predictions.c.output, predictions.c.tag, predictions.c.value)
-    with parts.engine.connect() as connection:
-        return pd.DataFrame(connection.execute(query).all(), columns=["model", "time", "output", "tag", "value"])
+    return read_predictions(parts.engine)[["model", "time", "output", "tag", "value"]]
 
 
 def test_every_due_window_of_every_model_is_predicted_once(parts, gordo_server, clock):
@@ -96,7 +95,7 @@ def test_every_due_window_of_every_model_is_predicted_once(parts, gordo_server, 
     assert set(state for _, state in states) == {State.DONE}
 
     rows = stored(parts)
-    first, end = datetime(2026, 3, 2, 8, 30, tzinfo=timezone.utc), datetime(2026, 3, 2, 12, tzinfo=timezone.utc)
+    first, end = datetime(2026, 3, 2, 8, 30, tzinfo=UTC), datetime(2026, 3, 2, 12, tzinfo=UTC)
     for model in gordo_server.models:
         mine = rows[rows.model == model]
         times = pd.to_datetime(mine.time, utc=True)

@@ -82,4 +82,4 @@ def test_the_queries_use_an_index_not_a_scan_of_the_table(sqlite_url):
         recent_predictions(parts.engine, "model-output", since, "m-1", ["north"])
     assert len(plans) == 2
     assert "USING INDEX ix_predictions_output_time" in plans[0], plans[0]
-    assert "sqlite_autoindex_predictions_1 (project=? AND model=? AND time>?)" in plans[1], plans[1]
+    assert "USING PRIMARY KEY (project=? AND model=? AND time>?)" in plans[1], plans[1]

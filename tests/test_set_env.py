@@ -34,7 +34,7 @@ def test_creates_the_file_and_prints_exports_that_load_back(tmp_path):
         section: values for section, values in defaults.items() if section not in BACKENDS
     }
     assert written["sensors"] == {"type": "sql"}
-    assert written["predictions"] == {"type": "sql", "retention": None}
+    assert written["predictions"] == {"type": "sql", "retention": None, "outputs": None}
     assert written["queue"] == {"type": "sql", "poll_interval": "1s"}
     assert "  # lease: 15m" in created.read_text() and "  # bootstrap_servers: 127.0.0.1:9092" in created.read_text()
     assert "created" in result.stderr

@@ -7,6 +7,7 @@ providers. Time is controlled with a fixed clock, never by sleeping.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from datetime import datetime, timedelta, timezone
@@ -25,13 +26,15 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, event, func, inspect, select, text
 
 from latigo import db, readmodel
-from latigo.errors import TransientError
+from latigo.errors import PermanentError, TransientError
 from latigo.ledger import Ledger, Outcome, PlannedWindow, State
+from latigo.providers.predictions.partitions import Partitions
 from latigo.providers.predictions.sql import SqlPredictions
+from latigo.providers.predictions.sql import read as read_predictions
 from latigo.providers.sensors.sql import SqlSensors
 from latigo.queues import Message
 from latigo.queues.sql import SqlQueue
-from latigo.schema import dead_letters, ledger, metadata, predictions, sensor_data, task_queue
+from latigo.schema import dead_letters, ledger, metadata, prediction_tags, predictions, sensor_data, task_queue
 from latigo.task import Task
 from latigo.window import Window
 from tests.postgres_fixture import PostgresServer
@@ -694,9 +697,11 @@ def gordo_frame(times: int = 6, offset: float = 0.0) -> pd.DataFrame:
 
 
 def stored_predictions(engine: Engine, model: str = "m") -> dict[tuple[datetime, str, str], tuple[float | None, str]]:
-    query = select(predictions).where(predictions.c.project == "p", predictions.c.model == model)
-    with engine.connect() as connection:
-        return {(row.time, row.output, row.tag): (row.value, row.revision) for row in connection.execute(query)}
+    frame = read_predictions(engine, projects=["p"], model=model)
+    return {
+        (row.time, row.output, row.tag): (None if np.isnan(row.value) else row.value, row.revision)
+        for row in frame.itertuples()
+    }
 
 
 def expected_predictions(frame: pd.DataFrame, revision: str) -> dict[tuple[datetime, str, str], tuple[float, str]]:
@@ -707,13 +712,21 @@ def expected_predictions(frame: pd.DataFrame, revision: str) -> dict[tuple[datet
     }
 
 
-def test_store_writes_one_row_per_time_and_output_column(engine: Engine) -> None:
+def test_store_writes_one_row_per_time_and_output_group(engine: Engine) -> None:
     frame = gordo_frame()
 
     written = SqlPredictions(engine).store("p", "m", "7", SPAN, frame)
 
     assert written == len(frame) * len(OUTPUT_COLUMNS) == 42
-    assert count_rows(engine, predictions) == 42
+    assert count_rows(engine, predictions) == len(frame) * 4, "six times of four output groups"
+    with engine.connect() as connection:
+        catalogue = {row.output: json.loads(row.tags) for row in connection.execute(select(prediction_tags))}
+    assert catalogue == {
+        "model-input": TAGS,
+        "model-output": TAGS,
+        "tag-anomaly-scaled": TAGS,
+        "total-anomaly-scaled": ["total-anomaly-scaled"],
+    }
     rows = stored_predictions(engine)
     assert rows == expected_predictions(frame, "7")
     assert not {output for _time, output, _tag in rows} & {"start", "end"}
@@ -726,11 +739,11 @@ def test_store_is_idempotent_and_the_latest_values_win(engine: Engine) -> None:
     store.store("p", "m", "7", SPAN, gordo_frame())
 
     store.store("p", "m", "7", SPAN, gordo_frame())
-    assert count_rows(engine, predictions) == 42
+    assert count_rows(engine, predictions) == 24
 
     updated = gordo_frame(offset=1000.0)
     store.store("p", "m", "8", SPAN, updated)
-    assert count_rows(engine, predictions) == 42
+    assert count_rows(engine, predictions) == 24
     assert stored_predictions(engine) == expected_predictions(updated, "8")
 
 
@@ -786,17 +799,45 @@ def test_store_replaces_rows_written_through_sqlalchemy_types(engine: Engine) ->
     values SQLAlchemy's column types write, or predictions stored by another writer (or an
     earlier Latigo) would be duplicated instead of replaced."""
     frame = gordo_frame()
+    blob = np.array([-1.0, -1.0]).astype("<f8").tobytes()
     rows = [
-        {"project": "p", "model": "m", "time": time, "output": output, "tag": tag, "value": -1.0, "revision": "6"}
-        for (time, output, tag) in expected_predictions(frame, "6")
+        {"project": "p", "model": "m", "time": time, "output": output, "revision": "6", "tag_values": blob}
+        for time in frame.index.to_pydatetime()
+        for output in ("model-input", "model-output")
     ]
+    if is_postgres(engine):  # any writer needs the day's partition
+        Partitions(engine).ensure(SPAN)
     with engine.begin() as connection:
         db.upsert(connection, predictions, rows)
 
     SqlPredictions(engine).store("p", "m", "7", SPAN, frame)
 
-    assert count_rows(engine, predictions) == 42
+    assert count_rows(engine, predictions) == 24
     assert stored_predictions(engine) == expected_predictions(frame, "7")
+
+
+def test_a_revision_whose_tags_change_is_refused_and_keeps_what_was_stored(engine: Engine) -> None:
+    """The values of a row are named by the revision's tags: a later answer of the same
+    revision with other tags could not be read back, so it is refused before anything changes."""
+    store = SqlPredictions(engine)
+    store.store("p", "m", "7", SPAN, gordo_frame())
+    renamed = gordo_frame().rename(columns={"T2": "T9"}, level=1)
+
+    with pytest.raises(PermanentError, match="tags of model-input changed"):
+        SqlPredictions(engine).store("p", "m", "7", SPAN, renamed)
+
+    assert stored_predictions(engine) == expected_predictions(gordo_frame(), "7")
+    store.store("p", "m", "8", SPAN, renamed)  # a new revision may name other tags
+    assert {tag for _time, _output, tag in stored_predictions(engine)} == {"T1", "T9", "total-anomaly-scaled"}
+
+
+def test_outputs_stores_only_the_chosen_groups(engine: Engine) -> None:
+    store = SqlPredictions(engine, outputs=["total-anomaly-scaled", "tag-anomaly-scaled"])
+
+    written = store.store("p", "m", "7", SPAN, gordo_frame())
+
+    assert written == 6 * 3
+    assert {output for _time, output, _tag in stored_predictions(engine)} == {"total-anomaly-scaled", "tag-anomaly-scaled"}
 
 
 def test_store_keeps_nan_as_null(engine: Engine) -> None:
@@ -806,7 +847,7 @@ def test_store_keeps_nan_as_null(engine: Engine) -> None:
     SqlPredictions(engine).store("p", "m", "7", SPAN, frame)
 
     rows = stored_predictions(engine)
-    assert len(rows) == 42, "a NaN value is still a row"
+    assert len(rows) == 42, "a NaN value is still one of the values"
     assert rows[(T0 + STEP * 2, "tag-anomaly-scaled", "T2")] == (None, "7")
     assert [key for key, (value, _revision) in rows.items() if value is None] == [
         (T0 + STEP * 2, "tag-anomaly-scaled", "T2")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -30,14 +30,15 @@ from latigo.config import Config
 from latigo.demo.signals import signal
 from latigo.executor import Executor
 from latigo.ledger import State
+from latigo.providers.predictions.sql import read as read_predictions
 from latigo.scheduler import Scheduler
-from latigo.schema import dead_letters, ledger, predictions, sensor_data
+from latigo.schema import dead_letters, ledger, sensor_data
 from tests.clock import Clock
 from tests.fault_proxy import FaultProxy, always
 
 pytestmark = pytest.mark.integration
 
-UTC = timezone.utc
+UTC = UTC
 # the test's clock: the newest due window is [17:30, 18:00)
 NOW = datetime(2026, 3, 2, 18, 7, tzinfo=UTC)
 # the sensor data: 72 ten-minute steps from 06:00 to 18:00
@@ -197,11 +198,7 @@ def ledger_rows(parts: Components, model: str) -> dict[datetime, tuple]:
 
 
 def stored(parts: Components, model: str) -> pd.Series:
-    query = select(
-        predictions.c.time, predictions.c.output, predictions.c.tag, predictions.c.value, predictions.c.revision
-    ).where(predictions.c.model == model)
-    with parts.engine.connect() as connection:
-        table = pd.DataFrame(connection.execute(query).all(), columns=["time", "output", "tag", "value", "revision"])
+    table = read_predictions(parts.engine, model=model)[["time", "output", "tag", "value", "revision"]]
     table["time"] = pd.to_datetime(table["time"], utc=True)
     return table.set_index(["time", "output", "tag"]).sort_index()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AfterValidator, Field, SecretStr
 
 from latigo.config.sections import Section
 from latigo.config.urls import HttpsUrlText, HttpUrlText
@@ -76,12 +76,47 @@ MIN_PREDICTION_RETENTION = timedelta(days=1)
 Retention = Annotated[Duration, at_least(MIN_PREDICTION_RETENTION)] | None
 
 
+# the output groups Gordo answers, any of which predictions.outputs may choose
+OUTPUT_GROUPS = (
+    "model-input",
+    "model-output",
+    "tag-anomaly-scaled",
+    "tag-anomaly-unscaled",
+    "total-anomaly-scaled",
+    "total-anomaly-unscaled",
+    "anomaly-confidence",
+    "total-anomaly-confidence",
+    "smooth-tag-anomaly-scaled",
+    "smooth-tag-anomaly-unscaled",
+    "smooth-total-anomaly-scaled",
+    "smooth-total-anomaly-unscaled",
+)
+
+
+def _known_outputs(outputs: list[str] | None) -> list[str] | None:
+    if outputs is None:
+        return None
+    unknown = [output for output in outputs if output not in OUTPUT_GROUPS]
+    if unknown:
+        choices = ", ".join(OUTPUT_GROUPS)
+        raise ValueError(f"unknown output group {', '.join(map(repr, unknown))}: choose from {choices}")
+    if not outputs:
+        raise ValueError("an empty list would store nothing: leave the key out to store every group")
+    return list(dict.fromkeys(outputs))
+
+
+# the output groups stored (none: every group Gordo answers, as gordo-client stores them)
+Outputs = Annotated[list[str] | None, AfterValidator(_known_outputs)]
+
+
 class SqlPredictionsConfig(Section):
     """Predictions in the Latigo database's ``predictions`` table."""
 
     type: Literal["sql"] = "sql"
-    # older predictions are deleted by the leading scheduler, a day of a model at a time
+    # older predictions are deleted by the leading scheduler: whole days on PostgreSQL
+    # (its time partitions), a day of a model at a time on SQLite
     retention: Retention = None
+    outputs: Outputs = None
 
 
 class InfluxPredictionsConfig(InfluxConfig):
@@ -91,6 +126,7 @@ class InfluxPredictionsConfig(InfluxConfig):
     # the database's default retention policy ``latigo``, of this duration: InfluxDB drops
     # older points itself (and every default-policy writer of a shared database is under it)
     retention: Retention = None
+    outputs: Outputs = None
     extra_tags: dict[str, str] = Field(default_factory=dict)
     batch_size: Count = 10000
     # a tag key for the project (none in gordo-client's layout): needed when two projects

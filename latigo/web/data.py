@@ -6,17 +6,17 @@ the models on the page); every query is bounded by time.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, select
+import numpy as np
+from sqlalchemy import Engine
 
 from latigo import readmodel
 from latigo.config import Config
+from latigo.providers.predictions.sql import read as stored_predictions
 from latigo.readmodel import WindowRow
-from latigo.schema import predictions
 from latigo.status import Outage, current_outages
 from latigo.web.chart import Point
 from latigo.web.layout import (
@@ -59,17 +59,11 @@ def prediction_series(
     engine: Engine, project: str, model: str, outputs: Sequence[str], start: datetime, end: datetime
 ) -> dict[str, list[Point]]:
     """The model's stored values of the given (total) outputs in ``[start, end)``, oldest first."""
-    query = (
-        select(predictions.c.output, predictions.c.time, predictions.c.value)
-        .where(predictions.c.project == project, predictions.c.model == model)
-        .where(predictions.c.output.in_(list(outputs)), predictions.c.time >= start, predictions.c.time < end)
-        .order_by(predictions.c.time)
-    )
+    frame = stored_predictions(engine, outputs=outputs, projects=[project], model=model, start=start, end=end)
     series: dict[str, list[Point]] = {output: [] for output in outputs}
-    with engine.connect() as connection:
-        for output, time, value in connection.execute(query):
-            if value is not None and math.isfinite(value):
-                series[output].append((time, value))
+    frame = frame[np.isfinite(frame["value"].to_numpy())].sort_values("time", kind="stable")
+    for output, time, value in zip(frame["output"], frame["time"], frame["value"]):
+        series[output].append((time, float(value)))
     return series
 
 

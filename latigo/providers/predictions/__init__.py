@@ -26,6 +26,10 @@ class PredictionStorageProvider(ABC):
         two-level columns, UTC index, every row inside ``span``; empty to remove them all);
         return the number of values written."""
 
+    def prepare(self, now: datetime) -> None:
+        """Make ready what storing the coming windows needs (PostgreSQL's time partitions),
+        so continuous stores never wait on it; asked by the leading scheduler every tick."""
+
     def expire(self, project: str, model: str, before: datetime) -> int:
         """Delete some of the model's predictions older than ``before`` (``predictions.retention``),
         a bounded amount per call, and return how many; 0 when none is left. A store whose

@@ -34,6 +34,7 @@ from datetime import datetime
 import pandas as pd
 
 from latigo.config import InfluxPredictionsConfig
+from latigo.config.providers import OUTPUT_GROUPS
 from latigo.errors import PermanentError
 from latigo.frames import check_inside, epoch_ns, output_series
 from latigo.outages import PREDICTION_STORE
@@ -59,22 +60,6 @@ SENSOR_TAG = "sensor_name"
 VALUE_FIELD = "sensor_value"
 # the retention policy predictions.retention makes the database's default
 RETENTION_POLICY = "latigo"
-# every output group Gordo answers (anomaly, thresholds, all_columns): the measurements a
-# store clears in its span, so a group the new run lacks leaves no stale points either
-OUTPUT_MEASUREMENTS = (
-    "model-input",
-    "model-output",
-    "tag-anomaly-scaled",
-    "tag-anomaly-unscaled",
-    "total-anomaly-scaled",
-    "total-anomaly-unscaled",
-    "anomaly-confidence",
-    "total-anomaly-confidence",
-    "smooth-tag-anomaly-scaled",
-    "smooth-tag-anomaly-unscaled",
-    "smooth-total-anomaly-scaled",
-    "smooth-total-anomaly-unscaled",
-)
 
 
 class InfluxPredictions(PredictionStorageProvider):
@@ -107,10 +92,11 @@ class InfluxPredictions(PredictionStorageProvider):
         common = {MACHINE_TAG: model, **self._config.extra_tags}
         if self._config.project_tag:
             common[self._config.project_tag] = project
-        series, values = output_series(predictions)
+        series, values = output_series(predictions, self._config.outputs)
         # every name is checked (escaped) before anything is deleted: a name line protocol
         # cannot carry must not leave the span emptied
         prefixes = [_series_key(output, {**common, SENSOR_TAG: tag}) for output, tag in series]
+        # every group's points go, stored or not: a group left out since is not kept stale
         self._http.delete(self._deletes(common, span, {output for output, _ in series}))
         if predictions.empty:
             return 0
@@ -150,7 +136,7 @@ class InfluxPredictions(PredictionStorageProvider):
             [f"{quote_ident(key)} = {quote_string(value)}" for key, value in sorted(tags.items()) if value]
             + [f"time >= '{rfc3339(span.start)}'", f"time < '{rfc3339(span.end)}'"]
         )
-        return f"DELETE FROM {measurements_regex(set(OUTPUT_MEASUREMENTS) | outputs)} WHERE {where}"
+        return f"DELETE FROM {measurements_regex(set(OUTPUT_GROUPS) | outputs)} WHERE {where}"
 
     def probe(self) -> None:
         self._http.ping()

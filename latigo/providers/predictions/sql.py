@@ -1,32 +1,51 @@
-"""Predictions in the Latigo database (table ``predictions``), one row per
-(project, model, time, output, tag). A store deletes the model's rows in the span and
-upserts the new ones in one transaction: readers see the old rows or the new ones, never a
-mix, and two executors storing the same task at once (a redelivery while the first still
-runs) both end with one copy."""
+"""Predictions in the Latigo database: table ``predictions``, one row per (project, model,
+time, output group) with the group's values packed (latigo.providers.predictions.layout),
+and the tags of each group once per revision in ``prediction_tags``.
+
+A store deletes the model's rows in the span and upserts the new ones in one transaction:
+readers see the old rows or the new ones, never a mix, and two executors storing the same
+task at once (a redelivery while the first still runs) both end with one copy. Every
+reader goes through :func:`read`, the one place that knows the layout.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import pandas as pd
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, func, select, tuple_
 
 from latigo import db
+from latigo.errors import PermanentError
 from latigo.frames import check_inside, output_series
 from latigo.outages import PREDICTION_STORE
-from latigo.providers.predictions import PredictionStorageProvider
+from latigo.providers.predictions import PredictionStorageProvider, layout
+from latigo.providers.predictions.partitions import AHEAD, Partitions
+from latigo.schema import prediction_tags
 from latigo.schema import predictions as predictions_table
 from latigo.window import Window
 
 # the most of one model's predictions one retention delete removes: a day of a 20-tag model
-# is about 15,000 rows, one short transaction
+# is about 1,150 rows, one short transaction
 EXPIRE_SLICE = timedelta(days=1)
+# the most (project, model, revision, output) keys asked of prediction_tags in one query
+TAGS_BATCH = 500
+
+# a group's tags, by (project, model, revision, output)
+TagsByKey = dict[tuple[str, str, str, str], tuple[str, ...]]
 
 
 class SqlPredictions(PredictionStorageProvider):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, outputs: Sequence[str] | None = None) -> None:
         self._engine = engine
+        # predictions.outputs: the output groups stored (None: every group Gordo answers)
+        self._outputs = outputs
         self._upsert = db.PreparedUpsert(engine, predictions_table)
+        # the tags recorded in prediction_tags, as far as this process has seen
+        self._tags: TagsByKey = {}
+        # time partitions on PostgreSQL; SQLite's table is one
+        self._partitions = Partitions(engine) if engine.dialect.name == "postgresql" else None
 
     def store(self, project: str, model: str, revision: str, span: Window, predictions: pd.DataFrame) -> int:
         check_inside(predictions, span)
@@ -36,33 +55,119 @@ class SqlPredictions(PredictionStorageProvider):
             predictions_table.c.time >= span.start,
             predictions_table.c.time < span.end,
         )
-        series, values = output_series(predictions)
-        bind = self._upsert.bind
-        project, model, revision = bind("project", project), bind("model", model), bind("revision", revision)
-        times = [bind("time", time) for time in predictions.index.to_pydatetime()]
-        series = [(bind("output", output), bind("tag", tag)) for output, tag in series]
-        rows = [
-            # in the table's column order; NaN is stored as NULL
-            (project, model, time, output, tag, None if value != value else bind("value", value), revision)
-            for time, row in zip(times, values.tolist())
-            for (output, tag), value in zip(series, row)
-        ]
-        with db.translate_outage(PREDICTION_STORE), self._engine.begin() as connection:
-            connection.execute(stale)
-            return self._upsert.execute(connection, rows)
+        found = layout.groups(*output_series(predictions, self._outputs))
+        with db.translate_outage(PREDICTION_STORE):
+            self._record_tags(project, model, revision, found)
+            if self._partitions is not None and found:
+                self._partitions.ensure(span)
+            bind = self._upsert.bind
+            times = [bind("time", time) for time in predictions.index.to_pydatetime()]
+            project_, model_, revision_ = bind("project", project), bind("model", model), bind("revision", revision)
+            rows = [
+                # in the table's column order
+                (project_, model_, time, bind("output", group.output), revision_, bind("tag_values", blob))
+                for group in found
+                for time, blob in zip(times, group.blobs())
+            ]
+            with self._engine.begin() as connection:
+                connection.execute(stale)
+                self._upsert.execute(connection, rows)
+        return sum(group.values.size for group in found)
+
+    def _record_tags(self, project: str, model: str, revision: str, found: list[layout.Group]) -> None:
+        """Each group's tags in prediction_tags, written by the first store of a revision. A
+        revision whose tags change is refused (a permanent error): the stored values could
+        no longer be named."""
+        wanted = {(project, model, revision, group.output): group.tags for group in found}
+        unseen = [key for key in wanted if key not in self._tags]
+        if unseen:
+            names = ("project", "model", "revision", "output")
+            rows = [dict(zip(names, key), tags=layout.encode_tags(wanted[key])) for key in unseen]
+            with self._engine.begin() as connection:
+                insert = db.dialect_insert(connection.dialect, prediction_tags).on_conflict_do_nothing()
+                connection.execute(insert, rows)
+            self._tags.update(tags_of(self._engine, unseen))
+        for key, tags in wanted.items():
+            if self._tags.get(key) != tags:
+                raise PermanentError(
+                    f"{project}/{model} revision {revision}: the tags of {key[3]} changed from "
+                    f"{list(self._tags.get(key, ()))} to {list(tags)}"
+                )
+
+    def prepare(self, now: datetime) -> None:
+        """Create the time partitions of the coming days (PostgreSQL)."""
+        if self._partitions is not None:
+            with db.translate_outage(PREDICTION_STORE):
+                self._partitions.ensure(Window(now, now + AHEAD))
 
     def expire(self, project: str, model: str, before: datetime) -> int:
-        """Delete the model's oldest day of predictions older than ``before`` (a seek on the
-        primary key, then one bounded range); PostgreSQL and SQLite alike, until the table is
-        partitioned by time."""
+        """On PostgreSQL first drop the whole days older than ``before`` (every model's at
+        once); then delete the model's oldest day of rows older than ``before`` (a seek on
+        the primary key, then one bounded range), what is left of a partly expired day."""
+        dropped = 0
+        if self._partitions is not None:
+            with db.translate_outage(PREDICTION_STORE):
+                dropped = self._partitions.drop_expired(before)
         of_model = (predictions_table.c.project == project, predictions_table.c.model == model)
         with db.translate_outage(PREDICTION_STORE), self._engine.begin() as connection:
             oldest = connection.execute(select(func.min(predictions_table.c.time)).where(*of_model)).scalar()
             if oldest is None or oldest >= before:
-                return 0
+                return dropped
             until = min(before, oldest + EXPIRE_SLICE)
             range_ = (predictions_table.c.time >= oldest, predictions_table.c.time < until)
-            return connection.execute(delete(predictions_table).where(*of_model, *range_)).rowcount
+            return dropped + connection.execute(delete(predictions_table).where(*of_model, *range_)).rowcount
 
     def probe(self) -> None:
         db.probe(self._engine)
+
+
+def tags_of(engine: Engine, keys: Sequence[tuple[str, str, str, str]]) -> TagsByKey:
+    """The recorded tags of these (project, model, revision, output) groups."""
+    columns = prediction_tags.c
+    found: TagsByKey = {}
+    with engine.connect() as connection:
+        for start in range(0, len(keys), TAGS_BATCH):
+            batch = list(keys[start : start + TAGS_BATCH])
+            query = select(columns.project, columns.model, columns.revision, columns.output, columns.tags).where(
+                tuple_(columns.project, columns.model, columns.revision, columns.output).in_(batch)
+            )
+            for project, model, revision, output, tags in connection.execute(query):
+                found[(project, model, revision, output)] = layout.decode_tags(tags)
+    return found
+
+
+def read(
+    engine: Engine,
+    *,
+    outputs: Sequence[str] = (),
+    projects: Sequence[str] = (),
+    model: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> pd.DataFrame:
+    """Stored values, one row per value (``layout.VALUE_COLUMNS``), unordered.
+
+    One model's, given its possible ``projects``, are found through the key, which leads
+    with project and model; the output groups' over every model through the output-and-time
+    index. The output is then matched as an expression no index serves: SQLite, without
+    statistics, would take the output-and-time index and read every model's rows of the range.
+    """
+    columns = predictions_table.c
+    query = select(columns.project, columns.model, columns.time, columns.output, columns.revision, columns.tag_values)
+    if model is not None and projects:
+        query = query.where(columns.project.in_(list(projects)), columns.model == model)
+        if outputs:
+            query = query.where(columns.output.concat("").in_(list(outputs)))
+    else:
+        if outputs:
+            query = query.where(columns.output.in_(list(outputs)))
+        if model is not None:
+            query = query.where(columns.model == model)
+    if start is not None:
+        query = query.where(columns.time >= start)
+    if end is not None:
+        query = query.where(columns.time < end)
+    with engine.connect() as connection:
+        rows = connection.execute(query).all()
+    keys = sorted({(project, model_, revision, output) for project, model_, _, output, revision, _ in rows})
+    return layout.long_form(rows, tags_of(engine, keys))
