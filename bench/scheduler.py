@@ -14,7 +14,7 @@ import contextlib
 import tempfile
 import time
 import tracemalloc
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import insert
@@ -29,7 +29,7 @@ from latigo.schema import ledger
 from latigo.window import Grid
 
 # the moment of the measured tick: any time works
-NOW = datetime(2026, 3, 2, 12, 7, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 2, 12, 7, tzinfo=UTC)
 # sizes measured by default
 DEFAULT_SIZES = (1000, 9000, 100_000)
 
