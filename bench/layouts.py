@@ -4,7 +4,8 @@
 
 Each layout gets a fresh database, and the same answers: the 20-tag model's (``gordo_answer``,
 8 output groups, 103 series, 3 times a window), stored one window per call as continuous
-operation does, for every model and window of the span.
+operation does, for every model and window of the span, at the revision the demo fleet
+serves (a Gordo revision is a timestamp: 10 digits).
 
 - ``per value``: the table before 0013, one row per (project, model, time, output, tag)
   with its key and the (output, time) index, stored as its store did (delete the span,
@@ -37,6 +38,7 @@ from sqlalchemy import Column, Engine, Float, Index, MetaData, String, Table, de
 from bench import _services as services
 from bench._history import gordo_answer
 from latigo import db
+from latigo.demo.fleet import FLEET_REVISION
 from latigo.frames import output_series
 from latigo.providers.predictions.sql import SqlPredictions, read
 from latigo.schema import UTCDateTime
@@ -152,7 +154,7 @@ def measure(engine: Engine, layout: str, models: int, days: int) -> dict[str, fl
         window = Window(start + k * INTERVAL, start + (k + 1) * INTERVAL)
         for model in range(models):
             began = time.perf_counter()
-            store.store("bench", f"model-{model:05d}", "1", window, answer)
+            store.store("bench", f"model-{model:05d}", FLEET_REVISION, window, answer)
             stored += time.perf_counter() - began
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
