@@ -21,7 +21,7 @@ from latigo.errors import PermanentError
 from latigo.frames import check_inside, output_series
 from latigo.outages import PREDICTION_STORE
 from latigo.providers.predictions import PredictionStorageProvider, layout
-from latigo.providers.predictions.partitions import AHEAD, Partitions
+from latigo.providers.predictions.partitions import AHEAD, Partitions, day_of
 from latigo.schema import prediction_tags
 from latigo.schema import predictions as predictions_table
 from latigo.window import Window
@@ -46,6 +46,8 @@ class SqlPredictions(PredictionStorageProvider):
         self._tags: TagsByKey = {}
         # time partitions on PostgreSQL; SQLite's table is one
         self._partitions = Partitions(engine) if engine.dialect.name == "postgresql" else None
+        # the day of the ``before`` whose whole expired partitions this process last dropped
+        self._dropped_through: datetime | None = None
 
     def store(self, project: str, model: str, revision: str, span: Window, predictions: pd.DataFrame) -> int:
         check_inside(predictions, span)
@@ -105,9 +107,11 @@ class SqlPredictions(PredictionStorageProvider):
         once); then delete the model's oldest day of rows older than ``before`` (a seek on
         the primary key, then one bounded range), what is left of a partly expired day."""
         dropped = 0
-        if self._partitions is not None:
+        # a partition can only newly expire once ``before`` reaches another day
+        if self._partitions is not None and day_of(before) != self._dropped_through:
             with db.translate_outage(PREDICTION_STORE):
                 dropped = self._partitions.drop_expired(before)
+            self._dropped_through = day_of(before)
         of_model = (predictions_table.c.project == project, predictions_table.c.model == model)
         with db.translate_outage(PREDICTION_STORE), self._engine.begin() as connection:
             oldest = connection.execute(select(func.min(predictions_table.c.time)).where(*of_model)).scalar()
