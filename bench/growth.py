@@ -57,7 +57,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -256,10 +256,13 @@ def measure_views(
     return measured
 
 
-def table_bytes(engine: Engine) -> dict[str, int]:
-    """Bytes of each history table with its indexes (and TOAST): SQLite's ``dbstat``,
+# the tables whose bytes the growth figures count
+HISTORY_TABLES = (ledger.name, ledger_history.name, dead_letters.name, predictions.name, prediction_tags.name)
+
+
+def table_bytes(engine: Engine, tables: Sequence[str] = HISTORY_TABLES) -> dict[str, int]:
+    """Bytes of each table with its indexes (TOAST and partitions): SQLite's ``dbstat``,
     PostgreSQL's ``pg_total_relation_size``."""
-    tables = [ledger.name, ledger_history.name, dead_letters.name, predictions.name, prediction_tags.name]
     with engine.connect() as connection:
         if engine.dialect.name == "sqlite":
             owner: dict[str, str] = dict(connection.exec_driver_sql("SELECT name, tbl_name FROM sqlite_schema").all())

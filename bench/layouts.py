@@ -33,10 +33,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import Column, Engine, Float, Index, MetaData, String, Table, delete, select, text
+from sqlalchemy import Column, Engine, Float, Index, MetaData, String, Table, delete, select
 
 from bench import _services as services
 from bench._history import gordo_answer
+from bench.growth import table_bytes
 from latigo import db
 from latigo.demo.fleet import FLEET_REVISION
 from latigo.frames import output_series
@@ -128,20 +129,6 @@ class PerGroup:
         return len(read(self._engine, outputs=CHARTED[:1], start=since))
 
 
-def table_bytes(engine: Engine, tables: list[str]) -> int:
-    with engine.connect() as connection:
-        if engine.dialect.name == "sqlite":
-            owner = dict(connection.exec_driver_sql("SELECT name, tbl_name FROM sqlite_schema").all())
-            found = connection.exec_driver_sql("SELECT name, pgsize FROM dbstat WHERE aggregate = TRUE").all()
-            return sum(size for name, size in found if owner.get(name, name) in tables)
-        size = text(
-            "SELECT pg_total_relation_size(CAST(:table AS regclass)) "
-            "+ coalesce(sum(pg_total_relation_size(inhrelid)), 0) "
-            "FROM pg_inherits WHERE inhparent = CAST(:table AS regclass)"
-        )
-        return sum(int(connection.execute(size, {"table": table}).scalar_one()) for table in tables)
-
-
 def measure(engine: Engine, layout: str, models: int, days: int) -> dict[str, float]:
     db.upgrade(engine)
     store = PerValue(engine) if layout == "per value" else PerGroup(engine)
@@ -167,7 +154,7 @@ def measure(engine: Engine, layout: str, models: int, days: int) -> dict[str, fl
         return (time.perf_counter() - began) / repeat
 
     return {
-        "bytes / model-window": table_bytes(engine, tables) / (models * windows),
+        "bytes / model-window": sum(table_bytes(engine, tables).values()) / (models * windows),
         "store / window, ms": stored / (models * windows) * 1e3,
         "chart read (1 model, 3 outputs, 1 day), ms": timed(
             lambda: store.chart("bench", "model-00000", END - timedelta(days=1), END)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import pandas as pd
-from sqlalchemy import Engine, delete, func, select, tuple_
+from sqlalchemy import Connection, Engine, delete, func, select, tuple_
 
 from latigo import db
 from latigo.errors import PermanentError
@@ -88,7 +88,7 @@ class SqlPredictions(PredictionStorageProvider):
             with self._engine.begin() as connection:
                 insert = db.dialect_insert(connection.dialect, prediction_tags).on_conflict_do_nothing()
                 connection.execute(insert, rows)
-            self._tags.update(tags_of(self._engine, unseen))
+                self._tags.update(tags_of(connection, unseen))
         for key, tags in wanted.items():
             if self._tags.get(key) != tags:
                 raise PermanentError(
@@ -125,18 +125,17 @@ class SqlPredictions(PredictionStorageProvider):
         db.probe(self._engine)
 
 
-def tags_of(engine: Engine, keys: Sequence[tuple[str, str, str, str]]) -> TagsByKey:
+def tags_of(connection: Connection, keys: Sequence[tuple[str, str, str, str]]) -> TagsByKey:
     """The recorded tags of these (project, model, revision, output) groups."""
     columns = prediction_tags.c
     found: TagsByKey = {}
-    with engine.connect() as connection:
-        for start in range(0, len(keys), TAGS_BATCH):
-            batch = list(keys[start : start + TAGS_BATCH])
-            query = select(columns.project, columns.model, columns.revision, columns.output, columns.tags).where(
-                tuple_(columns.project, columns.model, columns.revision, columns.output).in_(batch)
-            )
-            for project, model, revision, output, tags in connection.execute(query):
-                found[(project, model, revision, output)] = layout.decode_tags(tags)
+    for start in range(0, len(keys), TAGS_BATCH):
+        batch = list(keys[start : start + TAGS_BATCH])
+        query = select(columns.project, columns.model, columns.revision, columns.output, columns.tags).where(
+            tuple_(columns.project, columns.model, columns.revision, columns.output).in_(batch)
+        )
+        for project, model, revision, output, tags in connection.execute(query):
+            found[(project, model, revision, output)] = layout.decode_tags(tags)
     return found
 
 
@@ -173,5 +172,6 @@ def read(
         query = query.where(columns.time < end)
     with engine.connect() as connection:
         rows = connection.execute(query).all()
-    keys = sorted({(project, model_, revision, output) for project, model_, _, output, revision, _ in rows})
-    return layout.long_form(rows, tags_of(engine, keys))
+        keys = sorted({(project, model_, revision, output) for project, model_, _, output, revision, _ in rows})
+        tags = tags_of(connection, keys)
+    return layout.long_form(rows, tags)
