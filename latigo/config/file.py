@@ -44,9 +44,10 @@ def _yaml_problem(file: Path, error: yaml.YAMLError, lines: list[str], secrets: 
         return f"{file}: not valid YAML: {what}"
     message = f"{file}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {what}"
     if 0 <= mark.line < len(lines):
-        line = lines[mark.line].replace("\t", " ")
-        shown = masked_line(line) if mark.line in secret_lines else line
-        shown = secrets.redact("".join(c if c.isprintable() else "?" for c in shown))
+        line = lines[mark.line]
+        shown = secrets.redact(masked_line(line) if mark.line in secret_lines else line).replace("\t", " ")
+        shown = "".join(c if c.isprintable() else "?" for c in shown)
+        line = line.replace("\t", " ")
         column = mark.column
         if len(shown) > 120:
             start = max(0, min(column - 60, len(shown) - 120))

@@ -51,12 +51,18 @@ _SECRET_KEY = re.compile("|".join(re.escape(word) for word in sorted(SECRET_KEYS
 # a URL's password: scheme://user:PASSWORD@ (greedy up to the last @ before white space)
 # ("<password>@" is the placeholder of the messages' own examples)
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*:)(?!<password>@)(?P<password>\S*)@")
+# a URL's password as a line of the file holds it, where a stray blank may split it: from the
+# user's colon up to the line's last @, or to the line's end when its @ is on the next line
+_URL_PASSWORD_IN_LINE = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*:(?!<password>@)(?P<password>.*)")
 # a secret key and its value on one line of YAML, block or flow style
 _SECRET_IN_LINE = re.compile(
     r"""(?P<key>["']?[\w.$-]*(?:""" + _SECRET_KEY.pattern + r""")[\w.$-]*["']?\s*:(?=\s|$)\s*)"""
     r"""(?P<value>"(?:[^"\\]|\\.)*"?|'(?:[^']|'')*'?|[^,}\]#]*)""",
     re.I,
 )
+# a line that starts an entry of its own (a key, a list item, a comment, a document marker),
+# not the broken-off rest of the value above it
+_YAML_ENTRY = re.compile(r"\s*(?:-(?:\s|$)|#|---|\.\.\.|[^\s#][^#]*?:(?:\s|$))")
 # the parts of a connection string (Event Hubs, Azure Storage) that are secrets
 _CONNECTION_STRING_SECRET = re.compile(r"SharedAccessKey|SharedAccessSignature|AccountKey|Password|Pwd", re.I)
 
@@ -133,9 +139,10 @@ class Secrets:
     def add_text(self, lines: list[str]) -> set[int]:
         """Secret values written in the file's text, found line by line (the file may not
         parse); returns the lines that hold one, continuation lines included."""
-        for line in lines:
-            self.add_urls(line)
         marked: set[int] = set()
+        for number, line in enumerate(lines):
+            self.add_urls(line)
+            marked |= self._url_password(lines, number)
         for number, line in enumerate(lines):
             match = _SECRET_IN_LINE.search(line)
             if not match:
@@ -156,10 +163,31 @@ class Secrets:
                         break
                     continue
                 if text.strip() and len(text) - len(text.lstrip()) <= indent:
+                    if not _YAML_ENTRY.match(text):  # the value's rest, broken off by a line break
+                        marked.add(following)
+                        self.add(text)
                     break
                 marked.add(following)
                 self.add(text)
         return marked
+
+    def _url_password(self, lines: list[str], number: int) -> set[int]:
+        """A URL password on line ``number`` that a blank or a line break splits (a typo, or a
+        tab pasted in): the lines that hold a part of it."""
+        match = _URL_PASSWORD_IN_LINE.search(lines[number])
+        if not match:
+            return set()
+        rest = match["password"]
+        if "@" in rest:
+            self.add(rest[: rest.rindex("@")])
+            return {number}
+        following = next((later for later in range(number + 1, len(lines)) if lines[later].strip()), None)
+        if following is None or "@" not in lines[following]:
+            return set()  # host:port, most likely: no password
+        text = lines[following].strip()
+        self.add(rest)
+        self.add(text[: text.rindex("@")])
+        return {number, following}
 
     def redact(self, text: str) -> str:
         for secret in sorted(self.values, key=len, reverse=True):
