@@ -52,7 +52,9 @@ def start(config: Path, log: Path, *args: str) -> subprocess.Popen:
     with log.open("ab") as output:
         return subprocess.Popen(
             [sys.executable, "-m", "latigo", "--config", str(config), *args],
-            stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=output, stderr=subprocess.STDOUT,
+            # faulthandler: a child that a test gives up on prints its threads' stacks (SIGABRT)
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"},
         )
 
 
@@ -74,7 +76,21 @@ def until(condition, what: str, *processes: subprocess.Popen, log: Path | None =
 
 
 def tail(log: Path | None, lines: int = 40) -> str:
-    return "" if log is None or not log.exists() else "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    """The log's last lines, less the scheduler's idle ticks (a minute of them hides the rest)."""
+    if log is None or not log.exists():
+        return ""
+    kept = [line for line in log.read_text(errors="replace").splitlines() if "0 windows planned" not in line]
+    return "\n".join(kept[-lines:])
+
+
+def stacks_then_tail(pid: int, log: Path) -> str:
+    """For a timeout: where process ``pid`` is stuck, as faulthandler prints it on SIGABRT."""
+    with suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGABRT)
+    until_quiet = monotonic() + 5
+    while monotonic() < until_quiet and "most recent call first" not in log.read_text(errors="replace"):
+        threading.Event().wait(POLL_S)
+    return tail(log, 120)
 
 
 def stop(process: subprocess.Popen) -> int:
@@ -145,7 +161,11 @@ def test_run_restarts_a_child_killed_while_the_database_is_down(tmp_path, postgr
             until(lambda: "the Latigo database is unavailable" in log.read_text(), "the new child to wait", service,
                   log=log)
         # the new child got through to its work once the database was back
-        until(lambda: log.read_text().count("executor ready") == 2, "the new child to start working", service, log=log)
+        try:
+            until(lambda: log.read_text().count("executor ready") == 2, "the new child to start working", service)
+        except AssertionError as timeout:
+            [_, second] = re.findall(r"started executor-1 \(pid (\d+)\)", log.read_text())
+            raise AssertionError(f"{timeout}\n{stacks_then_tail(int(second), log)}") from None
     finally:
         code = stop(service)
     assert code == 0, tail(log)
