@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Engine, and_, case, func, select, tuple_
+from sqlalchemy import ColumnElement, Engine, Select, and_, case, func, select, tuple_
 
 from latigo import history
 from latigo.schema import dead_letters, ledger
@@ -207,15 +207,20 @@ def lags(engine: Engine, now: datetime, since: datetime) -> list[tuple[str, str,
         return [(project, model, (now - end).total_seconds()) for project, model, end in connection.execute(query)]
 
 
-def last_errors(engine: Engine) -> dict[tuple[str, str], str]:
-    """Each model's most recently recorded error."""
-    query = (
+def last_errors_query() -> Select:
+    """The windows that hold an error, oldest first: read through ix_ledger_last_error,
+    which holds only those rows, so the cost follows the failures, not the ledger."""
+    return (
         select(ledger.c.project, ledger.c.model, ledger.c.last_error)
         .where(ledger.c.last_error.is_not(None))
         .order_by(ledger.c.updated_at)
     )
+
+
+def last_errors(engine: Engine) -> dict[tuple[str, str], str]:
+    """Each model's most recently recorded error."""
     with engine.connect() as connection:
-        return {(project, model): error for project, model, error in connection.execute(query)}
+        return {(project, model): error for project, model, error in connection.execute(last_errors_query())}
 
 
 def dead_letter_count(engine: Engine) -> int:

@@ -93,6 +93,14 @@ ledger = Table(
     Index("ix_ledger_state", "state"),
     # recent windows across models: status, lags, the status page, the scheduler's watermarks
     Index("ix_ledger_window_start", "window_start"),
+    # the windows that hold an error (failed or dead), newest last: each model's last error
+    # without reading the rest of the ledger
+    Index(
+        "ix_ledger_last_error",
+        "updated_at",
+        postgresql_where=text("last_error IS NOT NULL"),
+        sqlite_where=text("last_error IS NOT NULL"),
+    ),
 )
 
 # the ledger's old done and no-data windows as runs (latigo.history): consecutive windows of

@@ -107,3 +107,29 @@ def test_counts_newest_done_missing_and_dead_letters(database_url):
     assert letters == 1
     assert followed == {State.DONE: 3, State.FAILED: 1, State.DEAD: 1, State.PLANNED: 2}
     assert errors == {("p", "a"): "gone"}
+
+
+def test_the_last_errors_are_read_from_their_index_not_the_whole_ledger(database_url):
+    """A year's hot ledger is 400,000 rows, of which the failed and dead hold an error:
+    ``last_errors`` must be answerable from ix_ledger_last_error alone (PostgreSQL is told
+    to avoid sequential scans, so a plan without the index shows one)."""
+    parts = build(Config(database={"url": database_url}), clock=Clock(NOW), migrate=True)
+    grid = Grid(HALF_HOUR)
+    windows = list(grid.windows(NOW - timedelta(hours=5), NOW))
+    query = str(readmodel.last_errors_query().compile(parts.engine, compile_kwargs={"literal_binds": True}))
+    try:
+        parts.ledger.plan([PlannedWindow("p", "a", "1", window) for window in windows])
+        parts.ledger.fail(task("a", windows[0]), "first")
+        parts.clock.now = NOW + timedelta(seconds=1)
+        parts.ledger.fail(task("a", windows[1]), "second")
+        errors = readmodel.last_errors(parts.engine)
+        with parts.engine.connect() as connection:
+            if parts.engine.dialect.name == "postgresql":
+                connection.exec_driver_sql("SET enable_seqscan = off")
+                plan = " / ".join(row[0] for row in connection.exec_driver_sql(f"EXPLAIN {query}"))
+            else:
+                plan = " / ".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}"))
+    finally:
+        parts.close()
+    assert errors == {("p", "a"): "second"}
+    assert "ix_ledger_last_error" in plan and "Seq Scan" not in plan, plan
