@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from latigo import readmodel
 from latigo.clock import Clock, system_clock
 from latigo.discovery import Discovery, Model
+from latigo.history import Run
 from latigo.ledger import Ledger, PlannedWindow, State
 from latigo.providers.models import ModelInformationProvider
 from latigo.window import Grid, Window, utc
@@ -110,38 +113,89 @@ def chunks(
         cursor = stop
 
 
+# a window's code in a chunk's array of states (``chunk_states``): no ledger row
+NO_ROW = -1
+# each state's code in that array
+STATE_CODES = {state: code for code, state in enumerate(State)}
+
+
+def chunk_states(
+    grid: Grid,
+    chunk_start: datetime,
+    count: int,
+    runs: Iterable[Run],
+    rows: Iterable[tuple[datetime, State]],
+) -> np.ndarray:
+    """The states of a chunk's ``count`` windows as codes, window ``k`` starting at
+    ``chunk_start + k * interval``. A compacted run fills its slice in one step, so a month
+    of history costs its runs, not its windows; a hot row sets its window and wins over a
+    run. A run of another window length (the interval changed since) counts where its
+    windows start on the grid, as does a row."""
+    codes = np.full(count, NO_ROW, dtype=np.int8)
+    interval = grid.interval
+
+    def put(start: datetime, code: int) -> None:
+        index, off_grid = divmod(start - chunk_start, interval)
+        if not off_grid and 0 <= index < count:
+            codes[index] = code
+
+    for run in runs:
+        first, off_grid = divmod(run.start - chunk_start, interval)
+        if run.step == interval and not off_grid:
+            codes[max(0, first) : max(0, min(count, first + run.windows))] = STATE_CODES[run.state]
+        else:
+            for start in run.starts(chunk_start, chunk_start + count * interval):
+                put(start, STATE_CODES[run.state])
+    for start, state in rows:
+        put(start, STATE_CODES[state])
+    return codes
+
+
 @dataclass
 class Selection:
-    """What a mode does to one chunk of a model's windows."""
+    """What a mode does to one chunk of a model's windows, given by their index in the chunk."""
 
-    new: list[datetime] = field(default_factory=list)  # no ledger row: planned
-    reset: list[datetime] = field(default_factory=list)  # a row in a reset state: set back to planned
+    new: np.ndarray  # no ledger row: planned
+    reset: np.ndarray  # a row in a reset state: set back to planned
     skipped: int = 0  # a row (or none) the mode leaves as it is
     queued: int = 0  # in flight: left alone in every mode
 
-    def chosen(self) -> list[datetime]:
+    def chosen(self) -> np.ndarray:
         """The windows that end up planned, oldest first."""
-        return sorted(self.new + self.reset)
+        return np.union1d(self.new, self.reset)
 
 
-def select_windows(mode: Mode, starts: Iterable[datetime], states: Mapping[datetime, State]) -> Selection:
-    """Sort each window (by its start) into new, reset, skipped or queued by its ledger state."""
-    selection = Selection()
-    resets = RESET_STATES[mode]
-    for start in starts:
-        state = states.get(start)
-        if state is None:
-            if mode in PLANS_MISSING:
-                selection.new.append(start)
-            else:
-                selection.skipped += 1
-        elif state == State.QUEUED:
-            selection.queued += 1
-        elif state in resets:
-            selection.reset.append(start)
-        else:
-            selection.skipped += 1
-    return selection
+def select_windows(mode: Mode, codes: np.ndarray) -> Selection:
+    """Sort each window of a chunk (its ``chunk_states`` code) into new, reset, skipped or
+    queued."""
+    queued = codes == STATE_CODES[State.QUEUED]
+    reset = np.isin(codes, [STATE_CODES[state] for state in RESET_STATES[mode]])
+    new = codes == NO_ROW if mode in PLANS_MISSING else np.zeros(len(codes), dtype=bool)
+    counted = int(new.sum()) + int(reset.sum()) + int(queued.sum())
+    return Selection(np.flatnonzero(new), np.flatnonzero(reset), len(codes) - counted, int(queued.sum()))
+
+
+def spans(numbers: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted, distinct window numbers as runs of consecutive ones: ``(first, how many)``."""
+    if not len(numbers):
+        return []
+    breaks = np.flatnonzero(np.diff(numbers) != 1) + 1
+    firsts = np.concatenate(([0], breaks))
+    lengths = np.diff(np.concatenate((firsts, [len(numbers)])))
+    return [(int(numbers[first]), int(length)) for first, length in zip(firsts, lengths)]
+
+
+def task_count(runs: Iterable[tuple[int, int]], per_task: int) -> int:
+    """How many tasks ``Grid.coalesce`` cuts from runs of window numbers ``(first, how
+    many)``, oldest first: runs that touch are one, and each takes ``per_task`` windows a task."""
+    tasks, first, length = 0, None, 0
+    for start, windows in runs:
+        if first is not None and start == first + length:
+            length += windows
+            continue
+        tasks += -(-length // per_task)
+        first, length = start, windows
+    return tasks + -(-length // per_task)
 
 
 @dataclass
@@ -288,7 +342,7 @@ class Backfill:
         # counted as the scheduler will cut them: the runs of the chosen windows, which
         # come one chunk at a time, so no more than a chunk's windows are ever held
         chosen = self._plan_chunks(model, summary, result, progress)
-        result.tasks = sum(1 for _ in self._grid.coalesce(chosen, self._max_task_span))
+        result.tasks = task_count(chosen, self._grid.per_run(self._max_task_span))
         return result
 
     def _plan_chunks(
@@ -297,38 +351,40 @@ class Backfill:
         summary: BackfillSummary,
         result: ModelSummary,
         progress: Callable[[int], None] | None,
-    ) -> Iterator[datetime]:
+    ) -> Iterator[tuple[int, int]]:
         """Plan (or count) the model's range chunk by chunk into ``result``, yielding the
-        starts of the windows that end up planned, oldest first."""
+        windows that end up planned as runs ``(first, how many)`` of window numbers counted
+        from the range's start, oldest first."""
+        interval = self._grid.interval
         for chunk_start, chunk_end in chunks(self._grid, summary.start, summary.end):
-            starts = [window.start for window in self._grid.windows(chunk_start, chunk_end)]
-            states = self._ledger.states(model.project, model.name, chunk_start, chunk_end)
-            selection = select_windows(summary.mode, starts, states)
+            count = self._grid.count(chunk_start, chunk_end)
+            runs, rows = self._ledger.recorded(model.project, model.name, chunk_start, chunk_end)
+            selection = select_windows(summary.mode, chunk_states(self._grid, chunk_start, count, runs, rows))
             planned, reset = len(selection.new), len(selection.reset)
             if not summary.dry_run:
-                interval = self._grid.interval
                 planned = self._ledger.plan(
                     [
                         PlannedWindow(model.project, model.name, model.revision, Window(start, start + interval))
-                        for start in selection.new
+                        for start in (chunk_start + int(index) * interval for index in selection.new)
                     ]
                 )
-                if selection.reset:
+                if len(selection.reset):
                     resets = RESET_STATES[summary.mode]
                     reset = self._ledger.replan(
                         model.project, model.name, chunk_start, chunk_end, resets, model.revision
                     )
-            result.windows += len(starts)
+            result.windows += count
             result.planned += planned
             result.reset += reset
             # windows another process changed between the read and the writes were left to it
-            left = len(starts) - planned - reset
+            left = count - planned - reset
             queued = min(selection.queued, max(0, left))
             result.queued += queued
             result.skipped += max(0, left - queued)
             if progress is not None:
-                progress(len(starts))
-            yield from selection.chosen()
+                progress(count)
+            offset = (chunk_start - summary.start) // interval
+            yield from ((offset + first, windows) for first, windows in spans(selection.chosen()))
 
     def states(self, summary: BackfillSummary) -> dict[State, int]:
         """The backfilled models' windows in the summary's range, per state."""

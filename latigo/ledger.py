@@ -335,8 +335,12 @@ class Ledger:
         with self._engine.begin() as connection:
             return connection.execute(delete(dead_letters).where(dead_letters.c.id.in_(oldest))).rowcount
 
-    def states(self, project: str, model: str, start: datetime, end: datetime) -> dict[datetime, State]:
-        """The state of every window of one model recorded with a start in ``[start, end)``."""
+    def recorded(
+        self, project: str, model: str, start: datetime, end: datetime
+    ) -> tuple[list[history.Run], list[tuple[datetime, State]]]:
+        """One model's windows with a start in ``[start, end)``, as the ledger holds them: its
+        compacted runs (one each, however long) and its hot rows, which win where both hold a
+        window. Bounded by time: the hot rows are at most ``compact_after`` deep."""
         query = select(ledger.c.window_start, ledger.c.state).where(
             ledger.c.project == project,
             ledger.c.model == model,
@@ -344,12 +348,15 @@ class Ledger:
             ledger.c.window_start < end,
         )
         with self._engine.connect() as connection:
-            found = {
-                window_start: run.state
-                for run in history.runs(connection, start=start, end=end, models=[(project, model)])
-                for window_start in run.starts(start, end)
-            }
-            found.update((window_start, State(state)) for window_start, state in connection.execute(query))
+            runs = history.runs(connection, start=start, end=end, models=[(project, model)])
+            rows = [(window_start, State(state)) for window_start, state in connection.execute(query)]
+        return runs, rows
+
+    def states(self, project: str, model: str, start: datetime, end: datetime) -> dict[datetime, State]:
+        """The state of every window of one model recorded with a start in ``[start, end)``."""
+        runs, rows = self.recorded(project, model, start, end)
+        found = {window_start: run.state for run in runs for window_start in run.starts(start, end)}
+        found.update(rows)
         return found
 
     def replan(

@@ -16,6 +16,7 @@ import sys
 import threading
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given
@@ -25,21 +26,28 @@ from sqlalchemy import func, select
 from latigo import db
 from latigo.backfill import (
     COUNTS,
+    PLANS_MISSING,
+    RESET_STATES,
     Backfill,
     Mode,
     UnknownModels,
     backfill_range,
+    chunk_states,
     chunks,
     parse_moment,
     select_windows,
+    spans,
+    task_count,
 )
 from latigo.cli_backfill import format_summary
 from latigo.components import Components, build
 from latigo.config import Config
 from latigo.demo.feeder import feed
-from latigo.executor import Executor
-from latigo.ledger import PlannedWindow, State
 from latigo.discovery import Model
+from latigo.executor import Executor
+from latigo.history import Run
+from latigo.ledger import PlannedWindow, State
+from latigo.providers.predictions.sql import code_of
 from latigo.scheduler import Scheduler
 from latigo.schema import ledger, predictions, task_queue
 from latigo.status import prediction_duplicates
@@ -314,7 +322,7 @@ def test_backfilled_windows_are_published_coalesced_and_each_predicted_once(part
         for step in pd.date_range(window(i).start, window(i).end, freq="10min", inclusive="left")
     ]
     query = select(predictions.c.model, predictions.c.time).where(
-        predictions.c.output == "total-anomaly-scaled"
+        predictions.c.output == code_of("total-anomaly-scaled")
     )
     with parts.engine.connect() as connection:
         stored = pd.DataFrame(connection.execute(query).all(), columns=["model", "time"])
@@ -441,17 +449,74 @@ def test_selected_windows_are_aligned_inside_the_range_and_contiguous(
     assert len(windows) == grid.count(start, min(end, newest_end))
 
 
-@given(st.sampled_from(list(Mode)), st.dictionaries(st.integers(0, 40), st.sampled_from(list(State))))
-def test_every_window_is_sorted_into_exactly_one_bin(mode, states_by_index):
-    starts = [FROM + index * HALF_HOUR for index in range(41)]
-    states = {FROM + index * HALF_HOUR: state for index, state in states_by_index.items()}
-    selection = select_windows(mode, starts, states)
-    assert len(selection.new) + len(selection.reset) + selection.skipped + selection.queued == len(starts)
-    assert selection.queued == sum(state == State.QUEUED for state in states.values())
-    assert all(start not in states for start in selection.new)
-    assert all(states[start] not in (State.QUEUED, State.PLANNED) for start in selection.reset)
-    if mode == Mode.FAILED:
-        assert not selection.new
+def window_by_window(mode: Mode, starts: list[datetime], states: dict[datetime, State]) -> tuple[list, list, int, int]:
+    """The backfill's selection as it was written before runs: each window looked up in a
+    dict of every recorded window's state. The reference the array version must equal."""
+    new, reset, skipped, queued = [], [], 0, 0
+    for start in starts:
+        state = states.get(start)
+        if state is None:
+            if mode in PLANS_MISSING:
+                new.append(start)
+            else:
+                skipped += 1
+        elif state == State.QUEUED:
+            queued += 1
+        elif state in RESET_STATES[mode]:
+            reset.append(start)
+        else:
+            skipped += 1
+    return new, reset, skipped, queued
+
+
+# a compacted run: where it starts (in half hours from FROM, a quarter-hour off the grid if
+# odd steps), how many windows, their length (the grid's, or another interval's), its state
+RUNS = st.lists(st.tuples(
+    st.integers(-30, 60), st.integers(1, 40), st.sampled_from([HALF_HOUR, HALF_HOUR, timedelta(minutes=15), timedelta(hours=1)]),
+    st.sampled_from([State.DONE, State.NO_DATA]), st.booleans(),
+), max_size=6)  # fmt: skip
+# hot rows: window index (some off the chunk) and state
+ROWS = st.dictionaries(st.integers(-5, 50), st.sampled_from(list(State)), max_size=30)
+
+
+@given(st.sampled_from(list(Mode)), RUNS, ROWS, st.integers(1, 45), st.integers(1, 6))
+def test_the_run_arithmetic_selects_what_a_window_by_window_look_would(mode, runs, rows, count, per_task):
+    grid = Grid(HALF_HOUR)
+    end = FROM + count * HALF_HOUR
+    history_runs = [
+        Run("p", "m", "1", state, False, FROM + first * HALF_HOUR + (HALF_HOUR / 2 if odd else timedelta(0)), windows, step)
+        for first, windows, step, state, odd in runs
+    ]  # fmt: skip
+    hot = [(FROM + index * HALF_HOUR, state) for index, state in rows.items()]
+    # what Ledger.states returns: runs expanded window by window, hot rows winning
+    states = {start: run.state for run in history_runs for start in run.starts(FROM, end)}
+    states.update((start, state) for start, state in hot if FROM <= start < end)
+    starts = [window.start for window in grid.windows(FROM, end)]
+
+    selection = select_windows(mode, chunk_states(grid, FROM, count, history_runs, hot))
+    new, reset, skipped, queued = window_by_window(mode, starts, states)
+
+    assert [starts[index] for index in selection.new] == new
+    assert [starts[index] for index in selection.reset] == reset
+    assert (selection.skipped, selection.queued) == (skipped, queued)
+    chosen = [starts[index] for index in selection.chosen()]
+    assert chosen == sorted(new + reset)
+    tasks = list(grid.coalesce(chosen, per_task * HALF_HOUR))
+    assert task_count(spans(selection.chosen()), per_task) == len(tasks)
+
+
+@given(st.lists(st.lists(st.integers(0, 30), unique=True).map(sorted), max_size=4), st.integers(1, 5))
+def test_tasks_are_counted_across_chunks_as_coalesce_cuts_them(chunked, per_task):
+    """Chunks of window numbers, each chunk after the one before: a run that crosses a
+    chunk's edge is one run, as the scheduler coalesces it."""
+    numbers, offset, runs = [], 0, []
+    for chunk in chunked:
+        numbers += [offset + number for number in chunk]
+        runs += [(offset + first, length) for first, length in spans(np.array(chunk, dtype=np.int64))]
+        offset += 31
+    grid = Grid(HALF_HOUR)
+    expected = list(grid.coalesce([FROM + number * HALF_HOUR for number in numbers], per_task * HALF_HOUR))
+    assert task_count(runs, per_task) == len(expected)
 
 
 def test_moments_are_dates_or_rfc3339_times_with_a_zone():
