@@ -76,6 +76,7 @@ from latigo.ledger import State
 from latigo.providers.models.wire import ANOMALY_GROUPS
 from latigo.providers.predictions import layout
 from latigo.providers.predictions.partitions import Partitions
+from latigo.providers.predictions.sql import output_codes
 from latigo.schema import UTCDateTime, dead_letters, ledger, ledger_history, prediction_tags, predictions
 from latigo.task import Task
 from latigo.window import Grid, Window
@@ -186,7 +187,7 @@ def fill_history(engine: Engine, fleet: Fleet, span: timedelta, now: datetime, c
         "bench_groups",
         scratch,
         Column("k", Integer, primary_key=True),
-        Column("output", String),
+        Column("output", Integer),  # the group's code in prediction_outputs
         Column("tag_values", LargeBinary),
         prefixes=["TEMPORARY"],
     )
@@ -201,9 +202,13 @@ def fill_history(engine: Engine, fleet: Fleet, span: timedelta, now: datetime, c
                 for n, name in enumerate(fleet.names)
             ],
         )
+        codes = output_codes(connection, [group.output for group in groups])
         connection.execute(
             insert(groups_table),
-            [{"k": k, "output": group.output, "tag_values": group.blobs()[0]} for k, group in enumerate(groups)],
+            [
+                {"k": k, "output": codes[group.output], "tag_values": group.blobs()[0]}
+                for k, group in enumerate(groups)
+            ],
         )
         connection.execute(
             insert(prediction_tags),

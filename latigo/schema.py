@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -174,7 +175,8 @@ predictions = Table(
     Column("project", String(NAME), primary_key=True),
     Column("model", String(NAME), primary_key=True),
     Column("time", UTCDateTime(), primary_key=True),
-    Column("output", String(OUTPUT), primary_key=True),
+    # the output group's code in prediction_outputs: two bytes, in the row and in both indexes
+    Column("output", SmallInteger, primary_key=True, autoincrement=False),
     Column("revision", String(REVISION), nullable=False),
     # float64, little-endian, one per tag; NaN where Gordo gave none
     Column("tag_values", LargeBinary, nullable=False),
@@ -183,6 +185,15 @@ predictions = Table(
     # SQLite keeps the rows in the key's order, once, instead of a rowid table beside a key index
     sqlite_with_rowid=False,
     postgresql_partition_by="RANGE (time)",
+)
+
+# the output groups by code, as predictions.output holds them: a new group (a newer Gordo's)
+# gets the next code when first stored; codes are never renumbered or reused
+prediction_outputs = Table(
+    "prediction_outputs",
+    metadata,
+    Column("code", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(OUTPUT), nullable=False, unique=True),
 )
 
 # the tags of each output group of a model at a revision, in the order of the values in

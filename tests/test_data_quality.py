@@ -24,6 +24,7 @@ from latigo.demo.models import tags_of
 from latigo.demo.signals import signal
 from latigo.executor import Executor
 from latigo.ledger import PlannedWindow, State
+from latigo.providers.predictions.sql import code_of
 from latigo.schema import dead_letters, ledger, predictions
 from latigo.task import Task
 from tests.clock import Clock
@@ -62,7 +63,7 @@ def run_one(parts, revision: str) -> tuple[State, str | None]:
 def stored_times(parts) -> list[pd.Timestamp]:
     with parts.engine.connect() as connection:
         times = connection.execute(
-            select(predictions.c.time).where(predictions.c.output == "total-anomaly-scaled").order_by(predictions.c.time)
+            select(predictions.c.time).where(predictions.c.output == code_of("total-anomaly-scaled")).order_by(predictions.c.time)
         ).scalars()
         return [pd.Timestamp(time) for time in times]
 

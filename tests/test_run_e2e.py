@@ -21,7 +21,7 @@ from latigo import db
 from latigo.demo import gordo
 from latigo.demo.models import model_names
 from latigo.ledger import State
-from latigo.schema import ledger, predictions
+from latigo.schema import ledger, prediction_outputs, predictions
 from latigo.status import prediction_duplicates
 from latigo.window import Grid
 
@@ -115,8 +115,9 @@ def test_the_demo_predicts_every_due_window_of_every_model_once(tmp_path):
 
         with engine.connect() as connection:
             per_window = connection.execute(
-                select(predictions.c.model, predictions.c.output, func.count())
-                .group_by(predictions.c.model, predictions.c.output)
+                select(predictions.c.model, prediction_outputs.c.name, func.count())
+                .join(prediction_outputs, prediction_outputs.c.code == predictions.c.output)
+                .group_by(predictions.c.model, prediction_outputs.c.name)
             ).all()
             states = set(connection.execute(select(ledger.c.state).distinct()).scalars())
         assert prediction_duplicates(engine) == 0

@@ -21,6 +21,7 @@ from latigo.demo.feeder import feed
 from latigo.executor import Executor
 from latigo.leader import leadership_for
 from latigo.ledger import State
+from latigo.providers.predictions.sql import code_of
 from latigo.scheduler import Scheduler, TickReport
 from latigo.schema import ledger, predictions
 from latigo.task import Task
@@ -294,7 +295,7 @@ def test_revision_change_and_model_removal_while_the_scheduler_runs(database_url
             revisions = dict(
                 connection.execute(
                     select(predictions.c.time, predictions.c.revision)
-                    .where(predictions.c.model == "pump-1", predictions.c.output == "total-anomaly-scaled")
+                    .where(predictions.c.model == "pump-1", predictions.c.output == code_of("total-anomaly-scaled"))
                 ).all()
             )
             states = set(connection.execute(select(ledger.c.state).distinct()).scalars())

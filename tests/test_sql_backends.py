@@ -29,7 +29,7 @@ from latigo import db, readmodel
 from latigo.errors import PermanentError, TransientError
 from latigo.ledger import Ledger, Outcome, PlannedWindow, State
 from latigo.providers.predictions.partitions import Partitions
-from latigo.providers.predictions.sql import SqlPredictions
+from latigo.providers.predictions.sql import SqlPredictions, output_codes
 from latigo.providers.predictions.sql import read as read_predictions
 from latigo.providers.sensors.sql import SqlSensors
 from latigo.queues import Message
@@ -800,14 +800,15 @@ def test_store_replaces_rows_written_through_sqlalchemy_types(engine: Engine) ->
     earlier Latigo) would be duplicated instead of replaced."""
     frame = gordo_frame()
     blob = np.array([-1.0, -1.0]).astype("<f8").tobytes()
-    rows = [
-        {"project": "p", "model": "m", "time": time, "output": output, "revision": "6", "tag_values": blob}
-        for time in frame.index.to_pydatetime()
-        for output in ("model-input", "model-output")
-    ]
     if is_postgres(engine):  # any writer needs the day's partition
         Partitions(engine).ensure(SPAN)
     with engine.begin() as connection:
+        codes = output_codes(connection, ["model-input", "model-output"])
+        rows = [
+            {"project": "p", "model": "m", "time": time, "output": code, "revision": "6", "tag_values": blob}
+            for time in frame.index.to_pydatetime()
+            for code in codes.values()
+        ]
         db.upsert(connection, predictions, rows)
 
     SqlPredictions(engine).store("p", "m", "7", SPAN, frame)

@@ -33,7 +33,8 @@ from wsgiref.util import setup_testing_defaults
 import numpy as np
 import pytest
 import requests
-from sqlalchemy import delete, func, select as sql_select
+from sqlalchemy import delete, func
+from sqlalchemy import select as sql_select
 
 from latigo import web
 from latigo.components import Components, build
@@ -42,6 +43,7 @@ from latigo.demo.feeder import feed
 from latigo.demo.models import tags_of
 from latigo.executor import Executor
 from latigo.ledger import Ledger, Outcome, PlannedWindow, State
+from latigo.providers.predictions.sql import code_of
 from latigo.scheduler import Scheduler
 from latigo.schema import ledger, predictions, sensor_data
 from latigo.task import Task
@@ -519,7 +521,7 @@ def test_the_model_page_charts_the_stored_anomaly(site):
         stored = connection.execute(
             sql_select(func.count()).where(
                 predictions.c.model == "compressor-1",
-                predictions.c.output == "total-anomaly-scaled",
+                predictions.c.output == code_of("total-anomaly-scaled"),
                 predictions.c.time >= NOW - timedelta(hours=24),
             )
         ).scalar_one()

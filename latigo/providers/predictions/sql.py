@@ -1,6 +1,7 @@
 """Predictions in the Latigo database: table ``predictions``, one row per (project, model,
 time, output group) with the group's values packed (latigo.providers.predictions.layout),
-and the tags of each group once per revision in ``prediction_tags``.
+the tags of each group once per revision in ``prediction_tags``, and each group's name once
+in ``prediction_outputs`` (a row holds its code).
 
 A store deletes the model's rows in the span and upserts the new ones in one transaction:
 readers see the old rows or the new ones, never a mix, and two executors storing the same
@@ -10,11 +11,11 @@ reader goes through :func:`read`, the one place that knows the layout.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, delete, func, select, tuple_
+from sqlalchemy import Connection, Engine, ScalarSelect, delete, func, select, tuple_
 
 from latigo import db
 from latigo.errors import PermanentError
@@ -22,7 +23,7 @@ from latigo.frames import check_inside, output_series
 from latigo.outages import PREDICTION_STORE
 from latigo.providers.predictions import PredictionStorageProvider, layout
 from latigo.providers.predictions.partitions import AHEAD, Partitions, day_of
-from latigo.schema import prediction_tags
+from latigo.schema import prediction_outputs, prediction_tags
 from latigo.schema import predictions as predictions_table
 from latigo.window import Window
 
@@ -31,6 +32,9 @@ from latigo.window import Window
 EXPIRE_SLICE = timedelta(days=1)
 # the most (project, model, revision, output) keys asked of prediction_tags in one query
 TAGS_BATCH = 500
+
+# the largest code predictions.output (a SMALLINT) holds
+MAX_OUTPUT_CODE = 32767
 
 # a group's tags, by (project, model, revision, output)
 TagsByKey = dict[tuple[str, str, str, str], tuple[str, ...]]
@@ -44,6 +48,8 @@ class SqlPredictions(PredictionStorageProvider):
         self._upsert = db.PreparedUpsert(engine, predictions_table)
         # the tags recorded in prediction_tags, as far as this process has seen
         self._tags: TagsByKey = {}
+        # the output groups' codes, as far as this process has seen
+        self._codes: dict[str, int] = {}
         # time partitions on PostgreSQL; SQLite's table is one
         self._partitions = Partitions(engine) if engine.dialect.name == "postgresql" else None
         # the day of the ``before`` whose whole expired partitions this process last dropped
@@ -67,7 +73,7 @@ class SqlPredictions(PredictionStorageProvider):
             project_, model_, revision_ = bind("project", project), bind("model", model), bind("revision", revision)
             rows = [
                 # in the table's column order
-                (project_, model_, time, bind("output", group.output), revision_, bind("tag_values", blob))
+                (project_, model_, time, bind("output", self._codes[group.output]), revision_, bind("tag_values", blob))
                 for group in found
                 for time, blob in zip(times, group.blobs())
             ]
@@ -82,6 +88,10 @@ class SqlPredictions(PredictionStorageProvider):
         no longer be named."""
         wanted = {(project, model, revision, group.output): group.tags for group in found}
         unseen = [key for key in wanted if key not in self._tags]
+        new_outputs = {group.output for group in found} - self._codes.keys()
+        if new_outputs:
+            with self._engine.begin() as connection:
+                self._codes.update(output_codes(connection, new_outputs))
         if unseen:
             names = ("project", "model", "revision", "output")
             rows = [dict(zip(names, key), tags=layout.encode_tags(wanted[key])) for key in unseen]
@@ -125,6 +135,43 @@ class SqlPredictions(PredictionStorageProvider):
         db.probe(self._engine)
 
 
+def output_codes(connection: Connection, names: Iterable[str]) -> dict[str, int]:
+    """The codes of these output groups, a name seen for the first time given the next code.
+    Only names without a code are inserted: PostgreSQL spends a sequence value on every
+    row an insert tries, conflicting or not. Stores that race for a new name agree on its
+    code: the name is unique, the loser's insert does nothing and both read the winner's."""
+    wanted = sorted(set(names))
+    columns = prediction_outputs.c
+
+    def known() -> dict[str, int]:
+        query = select(columns.name, columns.code).where(columns.name.in_(wanted))
+        return {name: code for name, code in connection.execute(query)}
+
+    codes = known() if wanted else {}
+    new = [name for name in wanted if name not in codes]
+    if new:
+        insert = db.dialect_insert(connection.dialect, prediction_outputs).on_conflict_do_nothing(
+            index_elements=["name"]
+        )
+        connection.execute(insert, [{"name": name} for name in new])
+        codes = known()
+    full = sorted(name for name, code in codes.items() if code > MAX_OUTPUT_CODE)
+    if full:
+        raise PermanentError(f"output groups {full}: prediction_outputs has no code left (at most {MAX_OUTPUT_CODE})")
+    return codes
+
+
+def code_of(name: str) -> ScalarSelect:
+    """SQL: the code of the output group ``name``, for a query of the predictions table."""
+    return select(prediction_outputs.c.code).where(prediction_outputs.c.name == name).scalar_subquery()
+
+
+def output_names(connection: Connection) -> dict[int, str]:
+    """Every output group's name, by code: a few dozen rows at most."""
+    columns = prediction_outputs.c
+    return dict(connection.execute(select(columns.code, columns.name)).all())
+
+
 def tags_of(connection: Connection, keys: Sequence[tuple[str, str, str, str]]) -> TagsByKey:
     """The recorded tags of these (project, model, revision, output) groups."""
     columns = prediction_tags.c
@@ -157,21 +204,34 @@ def read(
     """
     columns = predictions_table.c
     query = select(columns.project, columns.model, columns.time, columns.output, columns.revision, columns.tag_values)
-    if model is not None and projects:
-        query = query.where(columns.project.in_(list(projects)), columns.model == model)
-        if outputs:
-            query = query.where(columns.output.concat("").in_(list(outputs)))
-    else:
-        if outputs:
-            query = query.where(columns.output.in_(list(outputs)))
-        if model is not None:
-            query = query.where(columns.model == model)
-    if start is not None:
-        query = query.where(columns.time >= start)
-    if end is not None:
-        query = query.where(columns.time < end)
     with engine.connect() as connection:
-        rows = connection.execute(query).all()
+        names = output_names(connection)
+        asked = set(outputs)
+        codes = [code for code, name in names.items() if name in asked]
+        if outputs and not codes:
+            return layout.long_form([], {})
+        if model is not None and projects:
+            query = query.where(columns.project.in_(list(projects)), columns.model == model)
+            if codes:
+                query = query.where((columns.output + 0).in_(codes))
+        else:
+            if codes:
+                query = query.where(columns.output.in_(codes))
+            if model is not None:
+                query = query.where(columns.model == model)
+        if start is not None:
+            query = query.where(columns.time >= start)
+        if end is not None:
+            query = query.where(columns.time < end)
+        try:
+            rows = [
+                (project, model_, time, names[code], revision, blob)
+                for project, model_, time, code, revision, blob in connection.execute(query)
+            ]
+        except KeyError as unknown:
+            raise ValueError(
+                f"a prediction row has output code {unknown}, which prediction_outputs does not name"
+            ) from None
         keys = sorted({(project, model_, revision, output) for project, model_, _, output, revision, _ in rows})
         tags = tags_of(connection, keys)
     return layout.long_form(rows, tags)
