@@ -72,19 +72,28 @@ def unpack(blob: bytes, tags: Sequence[str]) -> np.ndarray:
 def long_form(rows: Iterable[Sequence], tags: dict[tuple[str, str, str, str], tuple[str, ...]]) -> pd.DataFrame:
     """Rows of (project, model, time, output, revision, tag_values) as one row per value
     (``VALUE_COLUMNS``), NaN where Gordo gave none; ``tags`` by (project, model, revision,
-    output). A row whose tags are unknown is an error: its values could not be named."""
-    columns: dict[str, list] = {name: [] for name in VALUE_COLUMNS}
-    chunks: list[np.ndarray] = []
-    for project, model, time, output, revision, blob in rows:
+    output). A row whose tags are unknown is an error: its values could not be named, and
+    so is a blob that does not hold one value per tag. The blobs are unpacked in one call
+    and the key columns repeated by numpy, so a read costs little Python per row."""
+    rows = list(rows)
+    names: list[tuple[str, ...]] = []
+    for project, model, _time, output, revision, _blob in rows:
         try:
-            names = tags[(project, model, revision, output)]
+            names.append(tags[(project, model, revision, output)])
         except KeyError:
             raise ValueError(f"no tags recorded for {project}/{model} revision {revision} output {output}") from None
-        chunks.append(unpack(blob, names))
-        count = len(names)
-        for name, value in (("project", project), ("model", model), ("time", time), ("output", output)):
-            columns[name].extend([value] * count)
-        columns["revision"].extend([revision] * count)
-        columns["tag"].extend(names)
-    columns["value"] = np.concatenate(chunks) if chunks else np.array([], dtype=VALUE_TYPE)  # type: ignore[assignment]
+    counts = np.fromiter((len(group) for group in names), dtype=np.int64, count=len(rows))
+    sizes = np.fromiter((len(row[5]) for row in rows), dtype=np.int64, count=len(rows))
+    if np.any(sizes != counts * VALUE_TYPE.itemsize):
+        wrong = int(np.flatnonzero(sizes != counts * VALUE_TYPE.itemsize)[0])
+        raise ValueError(
+            f"a prediction row holds {sizes[wrong] // VALUE_TYPE.itemsize} values for {counts[wrong]} tags"
+        )
+    columns: dict[str, object] = {}
+    for position, name in enumerate(("project", "model", "time", "output", "revision")):
+        keys = np.empty(len(rows), dtype=object)
+        keys[:] = [row[position] for row in rows]
+        columns[name] = np.repeat(keys, counts)
+    columns["tag"] = [tag for group in names for tag in group]
+    columns["value"] = np.frombuffer(b"".join(row[5] for row in rows), dtype=VALUE_TYPE).copy()
     return pd.DataFrame(columns, columns=VALUE_COLUMNS)
