@@ -31,10 +31,13 @@ what it holds and what it cannot is said there), then this measures:
   its WAL and cache until a shard has been cold for 10 minutes (its default), so a cheap
   measure would be of the WAL, not of the compressed TSM files a year lives in.
 
-Each time is the median of REPEATS runs after one untimed warm-up (LONG_REPEATS when the
-warm-up took over LONG_S). The warm-up is profiled (``bench._statements``): for the
-longest span the statements taking most of each figure's SQL time are printed with the
-Latigo function that issued them and the database's plan.
+The spans of a database are filled side by side, then each figure is timed with the spans
+taking turns (1w, 1y, 1w, 1y, ...), so a change of the shared machine's load between the
+week's runs and the year's cannot pass for growth. Each time is the median of REPEATS runs
+after one untimed warm-up (LONG_REPEATS when the slowest warm-up took over LONG_S). The
+warm-up is profiled (``bench._statements``): for the longest span the statements taking
+most of each figure's SQL time are printed with the Latigo function that issued them and
+the database's plan.
 
 The 9,000-model projection is linear: a figure for the whole fleet (tick, status, pages,
 backfill) times 9,000 / models, a figure of one window (store, reads, bytes) as measured.
@@ -43,8 +46,8 @@ Linear is an upper bound for the tick: ``bench.scheduler`` measured 9,000 models
 that table, which is built only in part (``bench._history``): see its plan.
 
 Limits: the default run (1,000 models; 1 week and 1 year; both databases) takes about 25
-minutes on 2 cores and 15 GB of disk at most (one database at a time, each dropped after
-its figures); ``--models 50 --spans 1d,1w`` takes under 2 minutes.
+minutes on 2 cores and 15 GB of disk at most (one database's spans at a time, dropped after
+their figures); ``--models 50 --spans 1d,1w`` takes under 2 minutes.
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ class Figure:
     scope: str  # FLEET_SCOPE or WINDOW_SCOPE: how it projects to PROJECTED_MODELS
 
 
-# what is printed, in this order; the timed ones are the keys of measure_views' runs
+# what is printed, in this order; the timed ones are the keys of views' runs
 FIGURES = (
     Figure("scheduler tick", "ms", FLEET_SCOPE),
     Figure("latigo status", "ms", FLEET_SCOPE),
@@ -149,18 +152,25 @@ class Measured:
     warm_up: Recording | None = None
 
 
-def measure(profiler: Profiler, run: Callable[[int], object]) -> Measured:
-    """Median seconds of ``run(k)`` for k = 1..REPEATS (fewer when slow), after a profiled
-    warm-up ``run(0)``."""
-    with profiler.recording() as warm_up:
-        run(0)
-    repeats = 1 if warm_up.seconds > VERY_LONG_S else LONG_REPEATS if warm_up.seconds > LONG_S else REPEATS
-    times = []
+def measure(profiler: Profiler, runs: Sequence[Callable[[int], object]]) -> list[Measured]:
+    """Median seconds of ``run(k)`` for k = 1..REPEATS (fewer when slow) of each of ``runs``
+    (one per span), after a profiled warm-up ``run(0)`` of each. The timed runs take turns
+    (1w, 1y, 1w, 1y, ...), so a drift of the shared machine's load weighs on every span
+    alike instead of on whichever was measured while it lasted."""
+    warm_ups = []
+    for run in runs:
+        with profiler.recording() as warm_up:
+            run(0)
+        warm_ups.append(warm_up)
+    slowest = max(warm_up.seconds for warm_up in warm_ups)
+    repeats = 1 if slowest > VERY_LONG_S else LONG_REPEATS if slowest > LONG_S else REPEATS
+    times: list[list[float]] = [[] for _ in runs]
     for number in range(1, repeats + 1):
-        started = time.perf_counter()
-        run(number)
-        times.append(time.perf_counter() - started)
-    return Measured(statistics.median(times), len(times), warm_up)
+        for run, timed in zip(runs, times):
+            started = time.perf_counter()
+            run(number)
+            timed.append(time.perf_counter() - started)
+    return [Measured(statistics.median(timed), len(timed), warm_up) for timed, warm_up in zip(times, warm_ups)]
 
 
 # ---------------------------------------------------------------- the measured views
@@ -192,10 +202,9 @@ def settle_tick(engine: Engine) -> None:
         connection.execute(delete(task_queue))
 
 
-def measure_views(
-    parts: Components, fleet: Fleet, history: History, config_file: Path, profiler: Profiler
-) -> dict[str, Measured]:
-    """Every timed figure of one database and span. The tick goes last: it adds windows."""
+def views(parts: Components, fleet: Fleet, history: History, config_file: Path) -> dict[str, Callable[[int], object]]:
+    """Every timed figure of one database and span, as a run ``run(k)`` to time. The tick
+    goes last: it adds windows."""
     config, engine = parts.config, parts.engine
     interval = config.schedule.interval
     app = StatusApp(engine, config, lambda: NOW)
@@ -248,12 +257,7 @@ def measure_views(
         "store / window": store,  # after the reads: it stores windows after the one they read
         "scheduler tick": tick,
     }
-    measured = {}
-    for name, run in runs.items():
-        started = time.perf_counter()
-        measured[name] = measure(profiler, run)
-        print(f"    {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    return measured
+    return runs
 
 
 # the tables whose bytes the growth figures count
@@ -310,31 +314,58 @@ class Run:
     file_bytes: int | None  # the SQLite file's
 
 
-def run_span(database: str, url: str, span: str, models: int, folder: Path, profiler: Profiler) -> Run:
-    """Fill a fresh database with ``span`` of history and measure every figure; the plans
-    of the profiled statements are asked for here, while the database holds the data."""
+@dataclass
+class Filled:
+    """One database of one span, filled and open, with its figures so far."""
+
+    span: str
+    parts: Components
+    history: History
+    runs: dict[str, Callable[[int], object]]
+    figures: dict[str, Measured]
+
+
+def fill_span(stack: contextlib.ExitStack, database: str, url: str, span: str, models: int, folder: Path) -> Filled:
+    """A fresh database with ``span`` of history, open until ``stack`` closes, its bytes counted."""
     config = Config.model_validate(
         {"database": {"url": url}, "models": {"projects": [PROJECT]}, "schedule": {"initial_backfill": "0s"}}
     )
     config_file = folder / f"{database}-{span}.yaml"
     config_file.write_text(dump_config(config))
     fleet = Fleet(models, PROJECT)
-    with build(config, clock=lambda: NOW) as parts:
-        history = fill_history(parts.engine, fleet, parse_span(span), NOW, config)
-        print(
-            f"  {database} {span}: {history.ledger_rows:,} ledger rows, {history.history_runs:,} runs in its history, "
-            f"{history.dead_letters:,} dead letters, "
-            f"{history.prediction_rows:,} prediction rows, filled in {history.seconds:.0f} s",
-            file=sys.stderr,
-            flush=True,
-        )
-        figures = bytes_per_window(table_bytes(parts.engine), history)
-        figures.update(measure_views(parts, fleet, history, config_file, profiler))
-        for measured in figures.values():
-            if measured.warm_up is not None:
-                _statements.explain(parts.engine, measured.warm_up)
-        file_bytes = Path(url.removeprefix("sqlite:///")).stat().st_size if database == "sqlite" else None
-    return Run(database, span, history, figures, file_bytes)
+    parts = stack.enter_context(build(config, clock=lambda: NOW))
+    history = fill_history(parts.engine, fleet, parse_span(span), NOW, config)
+    print(
+        f"  {database} {span}: {history.ledger_rows:,} ledger rows, {history.history_runs:,} runs in its history, "
+        f"{history.dead_letters:,} dead letters, "
+        f"{history.prediction_rows:,} prediction rows, filled in {history.seconds:.0f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    figures = bytes_per_window(table_bytes(parts.engine), history)
+    return Filled(span, parts, history, views(parts, fleet, history, config_file), figures)
+
+
+def run_database(database: str, urls: dict[str, str], models: int, folder: Path, profiler: Profiler) -> list[Run]:
+    """Every span of one database filled side by side, then each figure timed with the
+    spans taking turns (``measure``); the plans of the profiled statements are asked for
+    while the databases hold the data."""
+    with contextlib.ExitStack() as stack:
+        filled = [fill_span(stack, database, url, span, models, folder) for span, url in urls.items()]
+        for name in filled[0].runs:
+            started = time.perf_counter()
+            for one, measured in zip(filled, measure(profiler, [one.runs[name] for one in filled])):
+                one.figures[name] = measured
+            print(f"    {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        runs = []
+        for one in filled:
+            for measured in one.figures.values():
+                if measured.warm_up is not None:
+                    _statements.explain(one.parts.engine, measured.warm_up)
+            url = urls[one.span]
+            file_bytes = Path(url.removeprefix("sqlite:///")).stat().st_size if database == "sqlite" else None
+            runs.append(Run(database, one.span, one.history, one.figures, file_bytes))
+    return runs
 
 
 def parse_span(text: str) -> timedelta:
@@ -424,16 +455,17 @@ def main() -> None:
     ):
         check_compaction(Path(folder), NOW)
         for database in databases:
-            for span in spans:
-                if database == "sqlite":
-                    path = Path(folder) / f"{span}.db"
-                    runs.append(run_span(database, f"sqlite:///{path}", span, args.models, Path(folder), profiler))
-                    for leftover in Path(folder).glob(f"{span}.db*"):  # the file, its WAL and shared memory
-                        leftover.unlink()
-                else:
-                    assert postgres is not None  # started above for postgresql
-                    name = postgres.create_database()
-                    runs.append(run_span(database, postgres.url(name), span, args.models, Path(folder), profiler))
+            if database == "sqlite":
+                urls = {span: f"sqlite:///{Path(folder) / f'{span}.db'}" for span in spans}
+                runs += run_database(database, urls, args.models, Path(folder), profiler)
+                for leftover in Path(folder).glob("*.db*"):  # the files, their WAL and shared memory
+                    leftover.unlink()
+            else:
+                assert postgres is not None  # started above for postgresql
+                names = {span: postgres.create_database() for span in spans}
+                runs += run_database(database, {span: postgres.url(name) for span, name in names.items()},
+                                     args.models, Path(folder), profiler)  # fmt: skip
+                for name in names.values():
                     postgres.drop_database(name)
     print_report(runs, spans, args.models)
     print_profile(runs, spans[-1])
