@@ -357,3 +357,15 @@ def test_a_secret_split_by_a_blank_or_a_line_break_is_never_quoted(tmp_path: Pat
                 _assert_contract(result.exit_code, result.output, file, (place, split, splitter))
                 refused += result.exit_code == 2
     assert refused  # the YAML errors that quote a line were among the cases
+
+
+def test_a_port_before_a_line_with_an_at_sign_is_not_taken_for_a_split_password() -> None:
+    from latigo.config.masking import Secrets
+
+    secrets = Secrets()
+    lines = ["models:", "  base_url: https://gordo.example:8443", "  owner: ops@example.com"]
+    assert secrets.add_text(lines) == set()
+    assert secrets.redact("owner: ops@example.com, port 8443") == "owner: ops@example.com, port 8443"
+    split = Secrets()
+    assert split.add_text(["  url: http://reader:Fz8-q0", "  uiet@influx.example:8086"]) == {0, 1}
+    assert "Fz8-q0" not in split.redact("Fz8-q0 and uiet")

@@ -182,8 +182,8 @@ class Secrets:
             self.add(rest[: rest.rindex("@")])
             return {number}
         following = next((later for later in range(number + 1, len(lines)) if lines[later].strip()), None)
-        if following is None or "@" not in lines[following]:
-            return set()  # host:port, most likely: no password
+        if following is None or "@" not in lines[following] or _YAML_ENTRY.match(lines[following]):
+            return set()  # host:port, most likely, and the next line a key of its own: no password
         text = lines[following].strip()
         self.add(rest)
         self.add(text[: text.rindex("@")])
