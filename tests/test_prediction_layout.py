@@ -108,25 +108,32 @@ def test_a_store_across_midnight_reads_back_whatever_the_answers_column_order(da
     engine.dispose()
 
 
-def test_racing_stores_create_a_days_partition_once(postgres_url: str) -> None:
-    engine = db.create_engine(postgres_url)
-    db.upgrade(engine)
+def stores_at_once(engine, span: Window, data: pd.DataFrame, stores: int = 4) -> list[BaseException]:
+    """``stores`` stores of ``data`` (models m0, m1, ...), each by its own SqlPredictions in
+    its own thread, released together by a barrier; what they raised."""
+    barrier = threading.Barrier(stores)
     errors: list[BaseException] = []
-    start = datetime(2025, 6, 1, tzinfo=UTC)
-    barrier = threading.Barrier(4)
 
     def store(model: str) -> None:
         try:
             barrier.wait()
-            SqlPredictions(engine).store("p", model, "1", Window(start, start + timedelta(hours=1)), answer(start, 6))
-        except BaseException as error:
+            SqlPredictions(engine).store("p", model, "1", span, data)
+        except BaseException as error:  # noqa: BLE001 - the test reports it
             errors.append(error)
 
-    threads = [threading.Thread(target=store, args=(f"m{i}",)) for i in range(4)]
+    threads = [threading.Thread(target=store, args=(f"m{n}",)) for n in range(stores)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return errors
+
+
+def test_racing_stores_create_a_days_partition_once(postgres_url: str) -> None:
+    engine = db.create_engine(postgres_url)
+    db.upgrade(engine)
+    start = datetime(2025, 6, 1, tzinfo=UTC)
+    errors = stores_at_once(engine, Window(start, start + timedelta(hours=1)), answer(start, 6))
 
     assert errors == []
     assert partition_days(engine) == [start]
@@ -249,22 +256,8 @@ def test_migration_0015_codes_every_output_and_downgrades_back(database_url: str
 def test_stores_racing_for_a_new_output_group_agree_on_its_code(database_url: str) -> None:
     engine = db.create_engine(database_url)
     db.upgrade(engine)
-    barrier = threading.Barrier(4)
-    errors: list[BaseException] = []
-
-    def store(model: str) -> None:
-        data = answer(T0, 3).rename(columns={"tag-anomaly-scaled": "racing-group"}, level=0)
-        barrier.wait()
-        try:
-            SqlPredictions(engine).store("p", model, "1", Window(T0, T0 + 3 * STEP), data)
-        except BaseException as error:  # noqa: BLE001 - the test reports it
-            errors.append(error)
-
-    threads = [threading.Thread(target=store, args=(f"m{n}",)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    data = answer(T0, 3).rename(columns={"tag-anomaly-scaled": "racing-group"}, level=0)
+    errors = stores_at_once(engine, Window(T0, T0 + 3 * STEP), data)
     assert not errors, errors
     with engine.connect() as connection:
         assert connection.execute(
