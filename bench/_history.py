@@ -19,8 +19,8 @@ What it writes:
   planned to queued to done leave until vacuumed, so its sizes are the compact ones.
 - **the ledger's history**: what the leading scheduler's compaction (``latigo.history``)
   leaves of the windows that ended ``retention.compact_after`` before ``now``: their done
-  windows as runs in ``ledger_history`` (a partial window, or a dead one, which stays in
-  the ledger, ends a run), written directly, since compacting a year of rows through
+  and dead windows as runs in ``ledger_history`` (a partial or a dead window is a run of its
+  own between two done ones), written directly, since compacting a year of rows through
   ``Ledger.compact`` would take longer than the figures it is for. ``check_compaction``
   shows, on a small fleet, that this is exactly what ``Ledger.compact`` leaves.
 - **dead letters**: one per dead window (0.1 % of the windows), the task's own JSON as its
@@ -62,7 +62,6 @@ from sqlalchemy import (
     insert,
     literal,
     not_,
-    or_,
     select,
     true,
 )
@@ -137,7 +136,7 @@ class History:
 
     windows: int  # per model, in the ledger and its history
     model_windows: int  # windows of all models: what a figure per model-window divides by
-    ledger_rows: int  # the hot ledger's: the recent windows, and the older dead ones
+    ledger_rows: int  # the hot ledger's: the windows newer than compact_after
     history_runs: int
     dead_letters: int
     prediction_windows: int  # model-windows with predictions stored
@@ -260,7 +259,7 @@ def fill_history(engine: Engine, fleet: Fleet, span: timedelta, now: datetime, c
     return History(
         windows=count,
         model_windows=count * models,
-        ledger_rows=(count - compacted) * models + int((classes[:, :compacted] == DEAD).sum()),
+        ledger_rows=(count - compacted) * models,
         history_runs=len(runs),
         dead_letters=len(letters),
         prediction_windows=prediction_windows,
@@ -313,13 +312,13 @@ def _classes(models: int, count: int) -> np.ndarray:
 
 def _history_runs(fleet: Fleet, classes: np.ndarray, first: datetime, interval: timedelta) -> list[dict]:
     """The ``ledger_history`` rows compaction leaves of these windows: per model, each run
-    of consecutive done windows of one partialness (a dead window stays in the ledger)."""
+    of consecutive windows of one class (done, partial or dead)."""
     rows = []
     for n, name in enumerate(fleet.names):
         row = classes[n]
         edges = np.flatnonzero(np.diff(row)) + 1
         for begin, end in zip(np.r_[0, edges], np.r_[edges, len(row)], strict=True):
-            if begin == end or row[begin] == DEAD:
+            if begin == end:
                 continue
             rows.append(
                 {
@@ -328,7 +327,7 @@ def _history_runs(fleet: Fleet, classes: np.ndarray, first: datetime, interval: 
                     "run_start": first + int(begin) * interval,
                     "run_end": first + int(end) * interval,
                     "windows": int(end - begin),
-                    "state": State.DONE.value,
+                    "state": State.DEAD.value if row[begin] == DEAD else State.DONE.value,
                     "partial": int(row[begin] == PARTIAL),
                     "revision": FLEET_REVISION,
                 }
@@ -339,7 +338,7 @@ def _history_runs(fleet: Fleet, classes: np.ndarray, first: datetime, interval: 
 def _ledger_rows(fleet_table: Table, project: str, models: int, rows: int):
     """INSERT of one window (number ``w``) of every model, each in its final state: the
     window's place in the history, ``w * models + n``, picks the dead and partial ones
-    (as ``_classes`` does); of a window not ``hot`` (compacted) only the dead rows."""
+    (as ``_classes`` does); a window not ``hot`` (compacted) writes none."""
     position = bindparam("w", type_=Integer) * models + fleet_table.c.n
     dead = position % DEAD_EVERY == DEAD_EVERY // 2
     is_partial = and_(position % PARTIAL_EVERY == PARTIAL_EVERY // 3, not_(dead))
@@ -360,7 +359,7 @@ def _ledger_rows(fleet_table: Table, project: str, models: int, rows: int):
         "stored_rows": case((dead, None), (is_partial, PARTIAL_ROWS), else_=rows),
         "expected_rows": case((dead, None), else_=rows),
     }
-    rows = select(*values.values()).where(or_(bindparam("hot", type_=Integer) == 1, dead))
+    rows = select(*values.values()).where(bindparam("hot", type_=Integer) == 1)
     return insert(ledger).from_select(list(values), rows)
 
 

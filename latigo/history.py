@@ -3,25 +3,28 @@
 A year of one row per model and window is 17.5 M rows at 1,000 models, and every query of
 the tick, ``latigo status`` and the page grew with it. Yet an old ``done`` or ``no_data``
 window is never asked about one by one: it is counted, and it must never be planned again.
-So windows that ended before ``retention.compact_after`` move, per model, into
+Nor is an old ``dead`` one: its error is kept by its dead letter, and ``backfill --mode
+failed`` or ``dlq replay`` bring it back. So windows in those states (``states.COMPACTED``)
+that ended before ``retention.compact_after`` move, per model, into
 ``ledger_history`` as runs: consecutive windows of one length with the same state,
 partialness and revision, one row each (a year of a healthy model is one row).
 
 Every reader sees them: ``Ledger.plan`` skips a window a run covers (planned at most once,
 ever), ``Ledger.states`` and ``watermarks_of`` expand and consult runs, the read model adds
-them to its counts, and ``restore`` moves a range back into the ledger when ``backfill
---mode all`` runs it again. What a run forgets is each window's note, stored rows and
-timestamps: history older than ``compact_after`` keeps its state and whether it was partial.
+them to its counts, and ``restore`` moves a range back into the ledger when a backfill or a
+replayed dead letter runs it again. What a run forgets is each window's note, error, stored
+rows and timestamps: history older than ``compact_after`` keeps its state and whether it
+was partial.
 The status page's longest view (7 days) is always inside the hot ledger.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, select, tuple_, update
+from sqlalchemy import Connection, Engine, Select, and_, bindparam, delete, insert, select, tuple_, update
 
 from latigo import db
 from latigo.schema import ledger, ledger_history
@@ -216,14 +219,12 @@ def _row(run: Run) -> dict:
     }
 
 
-def compact(engine: Engine, before: datetime, limit: int = COMPACT_BATCH) -> int:
-    """Move up to ``limit`` done and no-data windows that ended by ``before`` into runs, in
-    one transaction; returns how many moved (fewer than ``limit``: nothing older is left).
-
-    A batch is a few statements whatever its runs: a scheduler in step compacts one window
-    of every model each tick, and a statement per model would make the tick of a fleet with
-    history slower than one without."""
-    query = (
+def candidates(before: datetime, limit: int = COMPACT_BATCH) -> Select:
+    """The oldest ``limit`` finished windows (``COMPACTED``) that ended by ``before``, ordered
+    as ``runs_of`` groups them. Their ``window_start`` bounds the scan to the old rows
+    through ix_ledger_state_window_start (a window ends after it starts): without it the
+    scan read and sorted the whole hot ledger every tick to find them."""
+    return (
         select(
             ledger.c.project,
             ledger.c.model,
@@ -233,11 +234,22 @@ def compact(engine: Engine, before: datetime, limit: int = COMPACT_BATCH) -> int
             ledger.c.revision,
             partial(),
         )
-        .where(ledger.c.state.in_(COMPACTED), ledger.c.window_end <= before)
+        .where(ledger.c.state.in_(COMPACTED), ledger.c.window_end <= before, ledger.c.window_start < before)
         .order_by(ledger.c.project, ledger.c.model, ledger.c.window_start)
         .limit(limit)
-        .with_for_update()  # PostgreSQL: a window being re-planned meanwhile is not moved under it
     )
+
+
+def compact(engine: Engine, before: datetime, limit: int = COMPACT_BATCH) -> int:
+    """Move up to ``limit`` finished windows (``COMPACTED``) that ended by ``before`` into
+    runs, in one transaction; returns how many moved (fewer than ``limit``: nothing older
+    is left).
+
+    A batch is a few statements whatever its runs: a scheduler in step compacts one window
+    of every model each tick, and a statement per model would make the tick of a fleet with
+    history slower than one without."""
+    # PostgreSQL: a window being re-planned meanwhile is not moved under it
+    query = candidates(before, limit).with_for_update()
     with engine.begin() as connection:
         found = runs_of(connection.execute(query))
         if not found:
@@ -293,12 +305,23 @@ def _move(connection: Connection, found: Sequence[Run]) -> None:
         connection.execute(insert(ledger_history), added)
 
 
-def restore(connection: Connection, project: str, model: str, start: datetime, end: datetime, now: datetime) -> int:
-    """Move one model's history windows starting in ``[start, end)`` back into the ledger, as
-    they were (state, revision, partial unknown: no row counts), so they can be planned
-    again; runs are cut around the range. Returns how many windows came back."""
+def restore(
+    connection: Connection,
+    project: str,
+    model: str,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    states: Collection[State] = COMPACTED,
+) -> int:
+    """Move one model's history windows starting in ``[start, end)`` and in one of ``states``
+    back into the ledger, as they were (state, revision, partial unknown: no row counts), so
+    they can be planned again; runs are cut around the range. Returns how many windows came
+    back."""
     restored = 0
     for run in runs(connection, start=start, end=end, models=[(project, model)]):
+        if run.state not in states:
+            continue
         key = and_(
             ledger_history.c.project == project,
             ledger_history.c.model == model,

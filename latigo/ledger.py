@@ -100,7 +100,7 @@ class Ledger:
             return len(db.insert_new(connection, ledger, rows))
 
     def compact(self, before: datetime, limit: int = history.COMPACT_BATCH) -> int:
-        """Move up to ``limit`` done and no-data windows that ended by ``before`` into the
+        """Move up to ``limit`` done, no-data and dead windows that ended by ``before`` into the
         ledger's history (latigo.history); returns how many moved."""
         return history.compact(self._engine, before, limit)
 
@@ -219,10 +219,12 @@ class Ledger:
         return True
 
     def requeue(self, tasks: Iterable[Task]) -> None:
-        """Put the tasks' windows back to queued with a clean slate (a replayed dead letter)."""
+        """Put the tasks' windows back to queued with a clean slate (a replayed dead letter,
+        whose windows may have been compacted into history as dead since)."""
         now = self._clock()
         with self._engine.begin() as connection:
             for task in tasks:
+                history.restore(connection, task.project, task.model, task.start, task.end, now, [State.DEAD])
                 connection.execute(
                     update(ledger)
                     .where(self._covered(task))
@@ -370,8 +372,8 @@ class Ledger:
     ) -> int:
         """Set one model's windows starting in ``[start, end)`` that are in one of
         ``states_from`` back to planned, at ``revision``, as if never tried: attempts 0, last
-        error and task cleared (a dead window's error stays in the dead-letter table). Done or
-        no-data windows asked for come back from the ledger's history first. One statement
+        error and task cleared (a dead window's error stays in the dead-letter table). Done,
+        no-data or dead windows asked for come back from the ledger's history first. One statement
         for the whole range; returns how many windows were reset."""
         states = [State(state) for state in states_from]
         statement = (
@@ -394,6 +396,6 @@ class Ledger:
             )
         )
         with self._engine.begin() as connection:
-            if any(state in COMPACTED for state in states):
-                history.restore(connection, project, model, start, end, self._clock())
+            if compacted := [state for state in states if state in COMPACTED]:
+                history.restore(connection, project, model, start, end, self._clock(), compacted)
             return connection.execute(statement).rowcount

@@ -36,7 +36,7 @@ PREDICTIONS_EXPIRED = Counter(
     "latigo_predictions_expired", "Prediction values deleted for being older than predictions.retention"
 )
 WINDOWS_COMPACTED = Counter(
-    "latigo_windows_compacted", "Old done and no-data windows moved from the ledger into its history as runs"
+    "latigo_windows_compacted", "Old done, no-data and dead windows moved from the ledger into its history as runs"
 )
 TASKS_HANDLED = Counter("latigo_tasks_handled", "Tasks handled by outcome", ["outcome"])
 TASK_FAILURES = Counter("latigo_task_failures", "Failed task attempts by error class", ["error_class"])

@@ -91,7 +91,9 @@ ledger = Table(
     # (one per resolution step): fewer stored than expected is a partial window
     Column("stored_rows", Integer),
     Column("expected_rows", Integer),
-    Index("ix_ledger_state", "state"),
+    # windows by state, oldest first: the planned ones, and the compaction's old finished
+    # ones as a range of old rows (migration 0016)
+    Index("ix_ledger_state_window_start", "state", "window_start"),
     # recent windows across models: status, lags, the status page, the scheduler's watermarks
     Index("ix_ledger_window_start", "window_start"),
     # the windows that hold an error (failed or dead), newest last: each model's last error
@@ -104,7 +106,7 @@ ledger = Table(
     ),
 )
 
-# the ledger's old done and no-data windows as runs (latigo.history): consecutive windows of
+# the ledger's old done, no-data and dead windows as runs (latigo.history): consecutive windows of
 # one model, one length, state, partialness and revision; run_end is the last window's end
 ledger_history = Table(
     "ledger_history",

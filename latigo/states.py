@@ -19,8 +19,9 @@ class State(StrEnum):
     DEAD = "dead"
 
 
-# finished for good: the states the ledger's history keeps as runs (latigo.history)
-COMPACTED = (State.DONE, State.NO_DATA)
+# finished, for good or until an operator acts: the states the ledger's history keeps as
+# runs (latigo.history); a dead window's error stays in its dead letter
+COMPACTED = (State.DONE, State.NO_DATA, State.DEAD)
 
 
 def partial():

@@ -16,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import event, func, select
 
-from latigo import history, readmodel
-from latigo.backfill import Backfill, Mode
+from latigo import dlq, history, readmodel
+from latigo.backfill import RESET_STATES, Backfill, Mode
 from latigo.components import build
 from latigo.config import Config, ConfigError
 from latigo.demo.fleet import Fleet
@@ -33,6 +33,8 @@ NOW = datetime(2026, 3, 30, 12, 7, tzinfo=UTC)
 # the first window of the synthetic history: three weeks before NOW
 FIRST = datetime(2026, 3, 9, tzinfo=UTC)
 GRID = Grid(HALF_HOUR)
+# what ``backfill --mode failed`` resets
+RESET_FAILED = RESET_STATES[Mode.FAILED]
 
 # -- runs, pure -------------------------------------------------------------------------
 
@@ -142,8 +144,11 @@ def test_compaction_changes_no_answer_and_plans_nothing_again(database_url):
         with parts.engine.connect() as connection:
             left = connection.execute(select(ledger.c.state, ledger.c.window_end)).all()
             runs = history.runs(connection, models=[("p", "a")])
-        # nothing finished older than the horizon is left; what is left there waits or failed
-        assert all(end > horizon or state in ("failed", "dead", "planned", "queued") for state, end in left)
+        # nothing finished (done, no data, dead) older than the horizon is left; what is
+        # left there waits or will be tried again
+        assert all(end > horizon or state in ("failed", "planned", "queued") for state, end in left)
+        assert ("dead", every[300].end) not in left  # b's dead window is a run of its own
+        assert parts.ledger.states("p", "b", every[300].start, every[301].start) == {every[300].start: State.DEAD}
         # a: a run per revision, and the partial window cut out: 4 runs for 2 weeks
         assert [(run.revision, run.partial, run.windows) for run in runs] == [
             ("1", False, 42), ("1", True, 1), ("1", False, 457), ("2", False, 148)
@@ -218,6 +223,44 @@ def test_backfill_modes_see_compacted_windows(database_url, gordo_server):
         assert [(run.start, run.windows) for run in runs] == [(day[0].start, 5), (day[6].start, 4), (day[20].start, 28)]
 
 
+def test_a_compacted_dead_window_is_counted_and_comes_back_for_its_operator(database_url):
+    """A dead window waits for an operator, but not in the hot ledger: after compact_after
+    it is a run, counted by status, and ``backfill --mode failed`` and ``dlq replay`` bring
+    back that window alone (the dead letter keeps its error)."""
+    with build(config(database_url), clock=Clock(NOW)) as parts:
+        day = list(GRID.windows(FIRST, FIRST + timedelta(days=1)))
+        for model in ("replayed", "backfilled"):
+            parts.ledger.plan([PlannedWindow("p", model, "1", w) for w in day])
+            parts.ledger.record(task(model, Window(day[0].start, day[-1].end)),
+                                [Outcome(w, State.DONE, None, 3, 3) for w in day])  # fmt: skip
+            parts.ledger.dead_letter(b"{}", "exhausted", "Gordo answered 500", 5, task(model, day[7]))
+        with parts.engine.begin() as connection:  # the letter's body is its task, as an executor keeps it
+            connection.execute(dead_letters.update().where(dead_letters.c.model == "replayed")
+                               .values(body=task("replayed", day[7]).to_json()))  # fmt: skip
+        def counted():  # the whole ledger's tallies, and a range's around the dead window
+            ranges = [{}, {"start": day[5].start, "end": day[9].start}]
+            return [sorted((t.model, t.states, t.partial, t.first_start, t.last_start, t.windows)
+                           for t in readmodel.tallies(parts.engine, **range_)) for range_ in ranges]  # fmt: skip
+
+        before = counted()
+        assert parts.ledger.compact(NOW - timedelta(days=8)) == 2 * len(day)
+        assert rows_in(parts.engine, ledger) == 0 and counted() == before
+        tally = {t.model: t.states for t in readmodel.tallies(parts.engine)}
+        assert tally["replayed"] == {State.DONE: len(day) - 1, State.DEAD: 1}
+
+        assert parts.ledger.replan("p", "backfilled", day[0].start, day[-1].end, RESET_FAILED, "2") == 1
+        with parts.engine.connect() as connection:
+            hot = connection.execute(select(ledger.c.model, ledger.c.window_start, ledger.c.state)).all()
+        assert hot == [("backfilled", day[7].start, State.PLANNED)]  # the done windows stay runs
+
+        report = dlq.replay(parts.engine, parts.queue, parts.ledger, models=["replayed"])
+        assert len(report.replayed) == 1
+        states = parts.ledger.states("p", "replayed", day[0].start, day[-1].end)
+        assert states[day[7].start] == State.QUEUED
+        assert [s for start, s in states.items() if start != day[7].start] == [State.DONE] * (len(day) - 1)
+        assert rows_in(parts.engine, ledger) == 2
+
+
 def test_the_scheduler_compacts_and_expires_dead_letters_as_it_ticks(database_url):
     settings_ = config(database_url, compact_after="8d", dead_letters="10d")
     with build(settings_, clock=Clock(NOW)) as parts:
@@ -233,6 +276,25 @@ def test_the_scheduler_compacts_and_expires_dead_letters_as_it_ticks(database_ur
         assert report.compacted > 1500 and report.expired == 1
         assert rows_in(parts.engine, ledger_history) > 0 and rows_in(parts.engine, dead_letters) == 1
         assert scheduler.tick().compacted == 0  # nothing older is left
+
+
+def test_the_compaction_scan_reads_only_rows_old_enough_to_move(database_url):
+    """Each tick looks for windows to compact; the scan must be a range of old rows on
+    (state, window_start), not the whole hot ledger read and sorted (PostgreSQL is told to
+    avoid sequential scans, so a plan without the index shows one)."""
+    with build(config(database_url), clock=Clock(NOW)) as parts:
+        day = list(GRID.windows(FIRST, FIRST + timedelta(days=1)))
+        parts.ledger.plan([PlannedWindow("p", m, "1", w) for m in "ab" for w in day])
+        query = history.candidates(day[10].start, limit=100)
+        sql = str(query.compile(parts.engine, compile_kwargs={"literal_binds": True}))
+        with parts.engine.connect() as connection:
+            if parts.engine.dialect.name == "postgresql":
+                connection.exec_driver_sql("SET enable_seqscan = off")
+                plan = " / ".join(row[0] for row in connection.exec_driver_sql(f"EXPLAIN {sql}"))
+            else:
+                plan = " / ".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+    assert "ix_ledger_state_window_start" in plan and "Seq Scan" not in plan, plan
+    assert "window_start <" in plan or "window_start<" in plan, plan  # a range, not the whole index
 
 
 @pytest.mark.parametrize("value", ["7d", "1h"])

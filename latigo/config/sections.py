@@ -92,9 +92,9 @@ PAGE_VIEW = timedelta(days=7)
 class RetentionConfig(Section):
     """How long the Latigo database keeps what it no longer needs row by row."""
 
-    # done and no-data windows that ended this long ago are kept as runs (latigo.history)
+    # done, no-data and dead windows that ended this long ago are kept as runs (latigo.history)
     compact_after: Annotated[Duration, at_least(PAGE_VIEW + timedelta(days=1))] = timedelta(days=8)
-    # dead letters older than this are deleted; their windows stay dead in the ledger
+    # dead letters older than this are deleted; their windows stay dead in the ledger or its history
     dead_letters: Annotated[Duration, at_least(timedelta(days=1))] = timedelta(days=90)
 
 
