@@ -71,17 +71,31 @@ from latigo.config import Config
 from latigo.demo.fleet import FLEET_REVISION, Fleet
 from latigo.demo.models import MODEL_TAGS
 from latigo.frames import output_series
+from latigo.history import Run, sums, totals_rows
 from latigo.ledger import State
 from latigo.providers.models.wire import ANOMALY_GROUPS
 from latigo.providers.predictions import layout
 from latigo.providers.predictions.partitions import Partitions
 from latigo.providers.predictions.sql import output_codes
-from latigo.schema import UTCDateTime, dead_letters, ledger, ledger_history, prediction_tags, predictions
+from latigo.schema import (
+    UTCDateTime,
+    dead_letters,
+    ledger,
+    ledger_history,
+    ledger_history_totals,
+    prediction_tags,
+    predictions,
+)
 from latigo.task import Task
 from latigo.window import Grid, Window
 
 # one window in this many is dead, with a dead letter (0.1 %)
 DEAD_EVERY = 1000
+# a window's place in the history is ``w * PLACE_STRIDE + n`` (window w, model n): a prime
+# that divides neither count, so every model has its dead and partial windows, scattered
+# through its history (``w * models + n`` gave 1,000 models the same few models dead or
+# partial in every window: a year of history as 1,000 runs)
+PLACE_STRIDE = 7919
 # one window in this many is partial (a data gap), unless it is dead
 PARTIAL_EVERY = 100
 # a partial window's stored rows, of its 309
@@ -204,10 +218,7 @@ def fill_history(engine: Engine, fleet: Fleet, span: timedelta, now: datetime, c
         codes = output_codes(connection, [group.output for group in groups])
         connection.execute(
             insert(groups_table),
-            [
-                {"k": k, "output": codes[group.output], "tag_values": group.blobs()[0]}
-                for k, group in enumerate(groups)
-            ],
+            [{"k": k, "output": codes[group.output], "tag_values": group.blobs()[0]} for k, group in enumerate(groups)],
         )
         connection.execute(
             insert(prediction_tags),
@@ -218,7 +229,7 @@ def fill_history(engine: Engine, fleet: Fleet, span: timedelta, now: datetime, c
                 for group in groups
             ],
         )  # fmt: skip
-        recorded = _ledger_rows(fleet_table, fleet.project, models, len(series) * steps)
+        recorded = _ledger_rows(fleet_table, fleet.project, len(series) * steps)
         for offset in range(0, count, FILL_BATCH):
             connection.execute(
                 recorded,
@@ -237,9 +248,12 @@ def fill_history(engine: Engine, fleet: Fleet, span: timedelta, now: datetime, c
             )
         for offset in range(0, len(runs), FILL_BATCH):
             connection.execute(insert(ledger_history), runs[offset : offset + FILL_BATCH])
+        totals = _history_totals(runs, interval)
+        for offset in range(0, len(totals), FILL_BATCH):
+            connection.execute(insert(ledger_history_totals), totals[offset : offset + FILL_BATCH])
         letters = [
-            _letter(fleet.project, fleet.names[position % models], starts[position // models], interval)
-            for position in range(DEAD_EVERY // 2, count * models, DEAD_EVERY)
+            _letter(fleet.project, fleet.names[n], starts[w], interval)
+            for w, n in np.argwhere(classes.T == DEAD)  # oldest window first, as written
         ]
         if letters:
             connection.execute(insert(dead_letters), letters)
@@ -302,9 +316,9 @@ DONE, PARTIAL, DEAD = 0, 1, 2
 
 def _classes(models: int, count: int) -> np.ndarray:
     """Each model's windows (rows: models, columns: windows oldest first) as DONE, PARTIAL or
-    DEAD, picked by the window's place in the history, ``w * models + n``, as the SQL of
+    DEAD, picked by the window's place in the history (``PLACE_STRIDE``), as the SQL of
     ``_ledger_rows`` picks them."""
-    position = np.arange(count, dtype=np.int64)[None, :] * models + np.arange(models, dtype=np.int64)[:, None]
+    position = np.arange(count, dtype=np.int64)[None, :] * PLACE_STRIDE + np.arange(models, dtype=np.int64)[:, None]
     dead = position % DEAD_EVERY == DEAD_EVERY // 2
     is_partial = (position % PARTIAL_EVERY == PARTIAL_EVERY // 3) & ~dead
     return np.where(dead, DEAD, np.where(is_partial, PARTIAL, DONE))
@@ -335,11 +349,21 @@ def _history_runs(fleet: Fleet, classes: np.ndarray, first: datetime, interval: 
     return rows
 
 
-def _ledger_rows(fleet_table: Table, project: str, models: int, rows: int):
+def _history_totals(runs: list[dict], interval: timedelta) -> list[dict]:
+    """The ``ledger_history_totals`` rows of these runs, summed as compaction sums them."""
+    summed = sums(
+        Run(row["project"], row["model"], row["revision"], State(row["state"]), bool(row["partial"]),
+            row["run_start"], row["windows"], interval)
+        for row in runs
+    )  # fmt: skip
+    return totals_rows(summed)
+
+
+def _ledger_rows(fleet_table: Table, project: str, rows: int):
     """INSERT of one window (number ``w``) of every model, each in its final state: the
-    window's place in the history, ``w * models + n``, picks the dead and partial ones
-    (as ``_classes`` does); a window not ``hot`` (compacted) writes none."""
-    position = bindparam("w", type_=Integer) * models + fleet_table.c.n
+    window's place in the history (``PLACE_STRIDE``) picks the dead and partial ones (as
+    ``_classes`` does); a window not ``hot`` (compacted) writes none."""
+    position = bindparam("w", type_=Integer) * PLACE_STRIDE + fleet_table.c.n
     dead = position % DEAD_EVERY == DEAD_EVERY // 2
     is_partial = and_(position % PARTIAL_EVERY == PARTIAL_EVERY // 3, not_(dead))
     times = {name: bindparam(name, type_=UTCDateTime()) for name in ("start", "end", "created", "updated")}
@@ -425,6 +449,9 @@ def check_compaction(folder: Path, now: datetime) -> None:
                     )
                 ).all()
                 runs = connection.execute(select(ledger_history).order_by(*ledger_history.primary_key)).all()
+                runs += connection.execute(
+                    select(ledger_history_totals).order_by(*ledger_history_totals.primary_key)
+                ).all()
             found.append((kept, runs))
     (direct_kept, direct_runs), (kept, runs) = found
     if direct_kept != kept or direct_runs != runs or not runs:

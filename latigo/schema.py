@@ -121,6 +121,25 @@ ledger_history = Table(
     Column("revision", String(REVISION)),
     # runs reaching past a moment: what planning and the range views look up
     Index("ix_ledger_history_run_end", "run_end"),
+    # the run a model's next compacted run continues (migration 0017)
+    Index("ix_ledger_history_model_run_end", "project", "model", "run_end", unique=True),
+)
+
+# the ledger's history summed per model, state and partialness, kept with its runs by
+# latigo.history: a whole history's counts in a row or four per model, where the runs are
+# hundreds a year per model once its partial and dead windows are scattered (migration 0017)
+ledger_history_totals = Table(
+    "ledger_history_totals",
+    metadata,
+    Column("project", String(NAME), primary_key=True),
+    Column("model", String(NAME), primary_key=True),
+    Column("state", String(16), primary_key=True),
+    Column("partial", Integer, primary_key=True, autoincrement=False),
+    Column("windows", Integer, nullable=False),
+    # the first window's start, the last window's start and end, of the runs summed
+    Column("first_start", UTCDateTime(), nullable=False),
+    Column("last_start", UTCDateTime(), nullable=False),
+    Column("last_end", UTCDateTime(), nullable=False),
 )
 
 task_queue = Table(

@@ -9,6 +9,7 @@ and for ranges; and no compacted window is ever planned again.
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -160,6 +161,47 @@ def test_compaction_changes_no_answer_and_plans_nothing_again(database_url):
         assert readmodel.model_known(parts.engine, "p", "a")
 
 
+def counted_one_by_one(engine, start, end) -> dict:
+    """What ``history.totals`` must say, from every run read and counted window by window."""
+    found: dict = {}
+    with engine.connect() as connection:
+        for run in history.runs(connection, start=start, end=end):
+            starts = list(run.starts(start, end))
+            totals = found.setdefault((run.project, run.model), {"states": {}, "partial": 0, "done": None, "starts": []})
+            totals["states"][run.state] = totals["states"].get(run.state, 0) + len(starts)
+            totals["partial"] += len(starts) if run.partial else 0
+            totals["starts"] += starts
+            if run.state == State.DONE:
+                totals["done"] = max(filter(None, [totals["done"], starts[-1] + run.step]))
+    return {key: (t["states"], t["partial"], t["done"], min(t["starts"]), max(t["starts"]), len(t["starts"]))
+            for key, t in found.items()}  # fmt: skip
+
+
+def summed(engine, start=None, end=None) -> dict:
+    """``history.totals`` as ``counted_one_by_one`` words it."""
+    return {key: (t.states, t.partial, t.newest_done, t.first_start, t.last_start, t.windows)
+            for key, t in history.totals(engine, start=start, end=end).items()}  # fmt: skip
+
+
+def test_history_totals_summed_by_the_database_are_the_runs_counted_one_by_one(database_url):
+    """The database sums the runs inside a range; the runs across its ends are cut here.
+    Ranges on and off the grid, open at either end, across every kind of run."""
+    with build(config(database_url), clock=Clock(NOW)) as parts:
+        every = fill(parts)
+        while parts.ledger.compact(NOW - timedelta(days=8), limit=500):
+            pass
+        span = int((every[-1].end - FIRST) / timedelta(minutes=1))
+        draw = random.Random(14)
+        ranges = [(None, None)] + [
+            tuple(None if draw.random() < 0.15 else FIRST + timedelta(minutes=draw.randrange(-60, span)) for _ in "se")
+            for _ in range(150)
+        ]
+        for start, end in ranges:
+            assert summed(parts.engine, start, end) == counted_one_by_one(parts.engine, start, end), (start, end)
+        some = history.totals(parts.engine, models=[("p", "b")], start=every[40].start)
+        assert list(some) == [("p", "b")] and some[("p", "b")].states[State.DEAD] == 1
+
+
 def test_a_model_whose_every_window_is_compacted_keeps_its_watermark(sqlite_url):
     with build(config(sqlite_url), clock=Clock(NOW)) as parts:
         windows_ = list(GRID.windows(FIRST, FIRST + timedelta(days=2)))
@@ -259,6 +301,9 @@ def test_a_compacted_dead_window_is_counted_and_comes_back_for_its_operator(data
         assert states[day[7].start] == State.QUEUED
         assert [s for start, s in states.items() if start != day[7].start] == [State.DONE] * (len(day) - 1)
         assert rows_in(parts.engine, ledger) == 2
+        # the whole history's totals, kept apart from its runs, were counted again
+        assert summed(parts.engine) == counted_one_by_one(parts.engine, None, None)
+        assert summed(parts.engine)[("p", "replayed")][0] == {State.DONE: len(day) - 1}
 
 
 def test_the_scheduler_compacts_and_expires_dead_letters_as_it_ticks(database_url):
