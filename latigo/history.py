@@ -364,6 +364,12 @@ def candidates(before: datetime, limit: int = COMPACT_BATCH) -> Select:
     )
 
 
+def compactable(engine: Engine, before: datetime) -> bool:
+    """Whether a finished window ended by ``before``: a seek of the candidates' index."""
+    with engine.connect() as connection:
+        return connection.execute(candidates(before, limit=1)).first() is not None
+
+
 def compact(engine: Engine, before: datetime, limit: int = COMPACT_BATCH) -> int:
     """Move up to ``limit`` finished windows (``COMPACTED``) that ended by ``before`` into
     runs, in one transaction; returns how many moved (fewer than ``limit``: nothing older

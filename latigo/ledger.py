@@ -99,6 +99,10 @@ class Ledger:
                 rows = [row for row in rows if (row["project"], row["model"], row["window_start"]) not in compacted]
             return len(db.insert_new(connection, ledger, rows))
 
+    def compactable(self, before: datetime) -> bool:
+        """Whether a done, no-data or dead window ended by ``before`` (one index seek)."""
+        return history.compactable(self._engine, before)
+
     def compact(self, before: datetime, limit: int = history.COMPACT_BATCH) -> int:
         """Move up to ``limit`` done, no-data and dead windows that ended by ``before`` into the
         ledger's history (latigo.history); returns how many moved."""

@@ -23,7 +23,7 @@ from latigo.components import build
 from latigo.config import Config, ConfigError
 from latigo.demo.fleet import Fleet
 from latigo.ledger import Outcome, PlannedWindow, State
-from latigo.scheduler import Scheduler
+from latigo.scheduler import COMPACT_SLACK, Scheduler
 from latigo.schema import dead_letters, ledger, ledger_history
 from latigo.task import Task
 from latigo.window import Grid, Window
@@ -340,6 +340,24 @@ def test_the_compaction_scan_reads_only_rows_old_enough_to_move(database_url):
                 plan = " / ".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
     assert "ix_ledger_state_window_start" in plan and "Seq Scan" not in plan, plan
     assert "window_start <" in plan or "window_start<" in plan, plan  # a range, not the whole index
+
+
+def test_compaction_waits_until_the_oldest_finished_window_is_a_quarter_day_past_due(database_url):
+    """Compacting every tick extends each model's run by one window a tick; the leader
+    waits for COMPACT_SLACK of windows to move them at once."""
+    settings_ = config(database_url, compact_after="8d")
+    days = list(GRID.windows(FIRST, FIRST + timedelta(days=2)))
+    due_at = days[0].end + timedelta(days=8)  # the first window is due for compaction then
+    with build(settings_, clock=Clock(due_at)) as parts:
+        parts.ledger.plan([PlannedWindow("p", "a", "1", w) for w in days])
+        parts.ledger.record(task("a", Window(days[0].start, days[-1].end)),
+                            [Outcome(w, State.DONE, None, 3, 3) for w in days])  # fmt: skip
+        clock = Clock(due_at + COMPACT_SLACK - timedelta(minutes=1))
+        scheduler = Scheduler(settings_, Fleet(0, "fleet"), parts.ledger, parts.queue, clock)
+        assert scheduler.tick().compacted == 0  # 11 windows due, the oldest 5 h 59 min past
+        clock.now = due_at + COMPACT_SLACK
+        assert scheduler.tick().compacted == 13  # every window ended by now - compact_after
+        assert scheduler.tick().compacted == 0
 
 
 @pytest.mark.parametrize("value", ["7d", "1h"])
