@@ -71,7 +71,8 @@ HISTORY_READ_LIMIT = 100_000
 UPKEEP_BUDGET_S = 5.0
 # how far past retention.compact_after the oldest finished window may be before compaction
 # runs: a quarter day of windows moved at once, each model's run extended once for them,
-# costs a tenth of moving them a tick at a time (bench.growth), for a hot ledger 3 % longer
+# costs 0.19-0.25 of moving them a tick at a time (bench.compaction), for a hot ledger 3 %
+# longer
 COMPACT_SLACK = timedelta(hours=6)
 
 
