@@ -28,7 +28,7 @@ from latigo import readmodel
 from latigo.clock import Clock, system_clock
 from latigo.discovery import Discovery, Model
 from latigo.history import Run
-from latigo.ledger import Ledger, PlannedWindow, State
+from latigo.ledger import HotRows, Ledger, PlannedWindow, State
 from latigo.providers.models import ModelInformationProvider
 from latigo.window import Grid, Window, utc
 
@@ -116,7 +116,7 @@ def chunks(
 # a window's code in a chunk's array of states (``chunk_states``): no ledger row
 NO_ROW = -1
 # each state's code in that array
-STATE_CODES = {state: code for code, state in enumerate(State)}
+STATE_CODES: dict[str, int] = {state.value: code for code, state in enumerate(State)}
 
 
 def chunk_states(
@@ -124,7 +124,7 @@ def chunk_states(
     chunk_start: datetime,
     count: int,
     runs: Iterable[Run],
-    rows: Iterable[tuple[datetime, State]],
+    rows: HotRows,
 ) -> np.ndarray:
     """The states of a chunk's ``count`` windows as codes, window ``k`` starting at
     ``chunk_start + k * interval``. A compacted run fills its slice in one step, so a month
@@ -146,8 +146,12 @@ def chunk_states(
         else:
             for start in run.starts(chunk_start, chunk_start + count * interval):
                 put(start, STATE_CODES[run.state])
-    for start, state in rows:
-        put(start, STATE_CODES[state])
+    if len(rows.starts):
+        offsets = rows.starts - np.datetime64(chunk_start.astimezone(UTC).replace(tzinfo=None), "us")
+        numbers, remainders = np.divmod(offsets, np.timedelta64(interval))
+        on = (remainders == np.timedelta64(0)) & (numbers >= 0) & (numbers < count)
+        states = np.array([STATE_CODES[state] for state in rows.states], dtype=np.int8)
+        codes[numbers[on]] = states[on]
     return codes
 
 

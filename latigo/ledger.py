@@ -14,11 +14,26 @@ rows stored than expected is *partial*: its note says why the others are missing
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, Engine, String, and_, bindparam, column, delete, func, select, update, values
+import numpy as np
+import pandas as pd
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    and_,
+    bindparam,
+    column,
+    delete,
+    func,
+    select,
+    type_coerce,
+    update,
+    values,
+)
 
 from latigo import db, history
 from latigo.clock import Clock, system_clock
@@ -50,6 +65,39 @@ class Outcome:
     note: str | None = None
     stored_rows: int | None = None
     expected_rows: int | None = None
+
+
+# how HotRows holds times: naive UTC, to the microsecond, as the ledger stores them
+NAIVE_UTC = "datetime64[us]"
+
+
+def _naive_utc(starts: list) -> np.ndarray:
+    """Stored window starts as ``NAIVE_UTC``: numpy parses SQLite's fixed-width text in one
+    step; pandas takes PostgreSQL's datetimes faster than numpy does."""
+    if starts and isinstance(starts[0], str):
+        return np.array(starts, dtype=NAIVE_UTC)
+    return pd.DatetimeIndex(starts).as_unit("us").to_numpy(dtype=NAIVE_UTC)
+
+
+@dataclass(frozen=True)
+class HotRows:
+    """One model's hot ledger rows in a range as two columns: window starts (``NAIVE_UTC``)
+    and states (the stored strings), which a backfill turns into its codes at once."""
+
+    starts: np.ndarray
+    states: list[str]
+
+    @classmethod
+    def of(cls, rows: Iterable[tuple[datetime, State]]) -> HotRows:
+        """From aware window starts and states."""
+        pairs = list(rows)
+        starts = [start.astimezone(UTC).replace(tzinfo=None) for start, _ in pairs]
+        return cls(np.array(starts, dtype=NAIVE_UTC), [state.value for _, state in pairs])
+
+    def items(self) -> Iterator[tuple[datetime, State]]:
+        """Each row's aware start and state."""
+        for start, state in zip(self.starts.tolist(), self.states, strict=True):
+            yield start.replace(tzinfo=UTC), State(state)
 
 
 @dataclass(frozen=True)
@@ -341,13 +389,14 @@ class Ledger:
         with self._engine.begin() as connection:
             return connection.execute(delete(dead_letters).where(dead_letters.c.id.in_(oldest))).rowcount
 
-    def recorded(
-        self, project: str, model: str, start: datetime, end: datetime
-    ) -> tuple[list[history.Run], list[tuple[datetime, State]]]:
+    def recorded(self, project: str, model: str, start: datetime, end: datetime) -> tuple[list[history.Run], HotRows]:
         """One model's windows with a start in ``[start, end)``, as the ledger holds them: its
         compacted runs (one each, however long) and its hot rows, which win where both hold a
         window. Bounded by time: the hot rows are at most ``compact_after`` deep."""
-        query = select(ledger.c.window_start, ledger.c.state).where(
+        # as the driver hands it over (SQLite's text, PostgreSQL's naive datetime): an aware
+        # datetime made per row cost more than the rest of a backfill's planning
+        stored_start = type_coerce(ledger.c.window_start, String())
+        query = select(stored_start, ledger.c.state).where(
             ledger.c.project == project,
             ledger.c.model == model,
             ledger.c.window_start >= start,
@@ -355,14 +404,14 @@ class Ledger:
         )
         with self._engine.connect() as connection:
             runs = history.runs(connection, start=start, end=end, models=[(project, model)])
-            rows = [(window_start, State(state)) for window_start, state in connection.execute(query)]
-        return runs, rows
+            rows = connection.execute(query).all()
+        return runs, HotRows(_naive_utc([row[0] for row in rows]), [row[1] for row in rows])
 
     def states(self, project: str, model: str, start: datetime, end: datetime) -> dict[datetime, State]:
         """The state of every window of one model recorded with a start in ``[start, end)``."""
         runs, rows = self.recorded(project, model, start, end)
         found = {window_start: run.state for run in runs for window_start in run.starts(start, end)}
-        found.update(rows)
+        found.update(rows.items())
         return found
 
     def replan(

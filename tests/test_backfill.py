@@ -46,7 +46,7 @@ from latigo.demo.feeder import feed
 from latigo.discovery import Model
 from latigo.executor import Executor
 from latigo.history import Run
-from latigo.ledger import PlannedWindow, State
+from latigo.ledger import HotRows, PlannedWindow, State
 from latigo.providers.predictions.sql import code_of
 from latigo.scheduler import Scheduler
 from latigo.schema import ledger, predictions, task_queue
@@ -475,8 +475,8 @@ RUNS = st.lists(st.tuples(
     st.integers(-30, 60), st.integers(1, 40), st.sampled_from([HALF_HOUR, HALF_HOUR, timedelta(minutes=15), timedelta(hours=1)]),
     st.sampled_from([State.DONE, State.NO_DATA]), st.booleans(),
 ), max_size=6)  # fmt: skip
-# hot rows: window index (some off the chunk) and state
-ROWS = st.dictionaries(st.integers(-5, 50), st.sampled_from(list(State)), max_size=30)
+# hot rows: window index (some off the chunk; a quarter-hour off the grid if odd steps) and state
+ROWS = st.dictionaries(st.integers(-10, 100), st.sampled_from(list(State)), max_size=30)
 
 
 @given(st.sampled_from(list(Mode)), RUNS, ROWS, st.integers(1, 45), st.integers(1, 6))
@@ -487,13 +487,13 @@ def test_the_run_arithmetic_selects_what_a_window_by_window_look_would(mode, run
         Run("p", "m", "1", state, False, FROM + first * HALF_HOUR + (HALF_HOUR / 2 if odd else timedelta(0)), windows, step)
         for first, windows, step, state, odd in runs
     ]  # fmt: skip
-    hot = [(FROM + index * HALF_HOUR, state) for index, state in rows.items()]
+    hot = [(FROM + steps * HALF_HOUR / 2, state) for steps, state in rows.items()]
     # what Ledger.states returns: runs expanded window by window, hot rows winning
     states = {start: run.state for run in history_runs for start in run.starts(FROM, end)}
     states.update((start, state) for start, state in hot if FROM <= start < end)
     starts = [window.start for window in grid.windows(FROM, end)]
 
-    selection = select_windows(mode, chunk_states(grid, FROM, count, history_runs, hot))
+    selection = select_windows(mode, chunk_states(grid, FROM, count, history_runs, HotRows.of(hot)))
     new, reset, skipped, queued = window_by_window(mode, starts, states)
 
     assert [starts[index] for index in selection.new] == new
