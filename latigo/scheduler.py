@@ -24,6 +24,7 @@ so a month of backfill never stands between a model and its next window.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections import defaultdict
@@ -58,9 +59,15 @@ from latigo.window import Grid, Window
 
 log = logging.getLogger(__name__)
 
-# models planned, and continuous windows published, per batch of a tick: a tick's memory
-# stays that of one batch, however large the fleet
+# continuous windows published per batch of a tick: a tick's memory stays that of one
+# batch, however large the fleet
 TICK_BATCH = 10_000
+# windows planned per ledger transaction of a tick (whole models, so up to one model's more):
+# a first start plans a day of backfill for every model, 441,000 windows at 9,000 models,
+# which held at once took the scheduler to 556 MiB (bench/README.md, "9,000 models")
+PLAN_BATCH = 100_000
+# distinct ranges of windows kept built (``_windows``): a tick's models nearly all share one
+WINDOW_RANGES = 16
 # how many windows back the scheduler's scan for models' newest planned windows reaches
 RECENT_WINDOWS = 4
 # most planned history windows read per tick: with week-long tasks, a backlog's worth of
@@ -74,6 +81,14 @@ UPKEEP_BUDGET_S = 5.0
 # costs 0.19-0.25 of moving them a tick at a time (bench.compaction), for a hot ledger 3 %
 # longer
 COMPACT_SLACK = timedelta(hours=6)
+
+
+@functools.lru_cache(maxsize=WINDOW_RANGES)
+def _windows(grid: Grid, start: datetime, end: datetime) -> tuple[Window, ...]:
+    """``grid.windows(start, end)``, built once and shared: every new model's initial
+    backfill is one range, every model in step has one next window, and a Window is
+    immutable, so a first start of 9,000 models needs 49 Windows, not 441,000."""
+    return tuple(grid.windows(start, end))
 
 
 @dataclass(frozen=True)
@@ -194,20 +209,28 @@ class Scheduler:
                 start = oldest
             planned.extend(
                 PlannedWindow(model.project, model.name, model.revision, window)
-                for window in self._grid.windows(start, last_end)
+                for window in _windows(self._grid, start, last_end)
             )
         return planned
 
     def plan(self, report: TickReport) -> int:
-        """Discover models and record their due windows in the ledger, ``TICK_BATCH`` models at
-        a time; return how many windows were new."""
+        """Discover models and record their due windows in the ledger, about ``PLAN_BATCH``
+        windows (whole models) per transaction; return how many windows were new.
+
+        A batch commits whole models, so a crash between batches leaves each model with all
+        its due windows planned or none, and the next tick plans the rest: nothing is skipped."""
         models = self.discover(report)
         self._models = models
         report.models = len(models)
         watermarks = self.watermarks(models, self._grid.last_due_end(report.now, self._schedule.delay))
-        for offset in range(0, len(models), TICK_BATCH):
-            batch = models[offset : offset + TICK_BATCH]
-            report.planned += self._ledger.plan(self.due_windows(batch, report.now, report, watermarks))
+        batch: list[PlannedWindow] = []
+        for model in models:
+            batch += self.due_windows([model], report.now, report, watermarks)
+            if len(batch) >= PLAN_BATCH:
+                report.planned += self._ledger.plan(batch)
+                batch = []
+        if batch:
+            report.planned += self._ledger.plan(batch)
         return report.planned
 
     # -- publishing ----------------------------------------------------------------------
