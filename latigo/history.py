@@ -345,9 +345,8 @@ def _row(run: Run) -> dict:
 
 def candidates(before: datetime, limit: int = COMPACT_BATCH) -> Select:
     """The oldest ``limit`` finished windows (``COMPACTED``) that ended by ``before``, ordered
-    as ``runs_of`` groups them. Their ``window_start`` bounds the scan to the old rows
-    through ix_ledger_state_window_start (a window ends after it starts): without it the
-    scan read and sorted the whole hot ledger every tick to find them."""
+    as ``runs_of`` groups them: a range of the old rows of ix_ledger_state_window_end
+    (through ix_ledger_state, the scan read and sorted the whole hot ledger every tick)."""
     return (
         select(
             ledger.c.project,
@@ -358,7 +357,7 @@ def candidates(before: datetime, limit: int = COMPACT_BATCH) -> Select:
             ledger.c.revision,
             partial(),
         )
-        .where(ledger.c.state.in_(COMPACTED), ledger.c.window_end <= before, ledger.c.window_start < before)
+        .where(ledger.c.state.in_(COMPACTED), ledger.c.window_end <= before)
         .order_by(ledger.c.project, ledger.c.model, ledger.c.window_start)
         .limit(limit)
     )

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     String,
@@ -49,6 +50,16 @@ ERROR_LIMIT = 2_000
 _UNSTORABLE = str.maketrans({"\x00": "\\x00"})
 # models per watermark query (bound parameters stay well under SQLite's limit)
 WATERMARK_BATCH = 5_000
+
+
+def _state_in(states: Iterable[State]) -> ColumnElement[bool]:
+    """The state test of a statement that names its model and its range of windows, kept off
+    ix_ledger_state_window_end (``state || ''``) so that the primary key finds the rows: on a
+    ledger without statistics both databases chose the state's index, which holds every
+    model's windows, and a first start's mark_queued at 9,000 models took 56 s, not 0.8 s."""
+    stored, wanted = ledger.c.state + "", [state.value for state in states]
+    # one state as an equality: an IN list cannot be bound per row of an executemany
+    return stored == wanted[0] if len(wanted) == 1 else stored.in_(wanted)
 
 
 def _text(text: str | None) -> str | None:
@@ -296,7 +307,7 @@ class Ledger:
                 ledger.c.model == bindparam("m"),
                 ledger.c.window_start >= bindparam("s"),
                 ledger.c.window_start < bindparam("e"),
-                ledger.c.state == State.PLANNED,
+                _state_in([State.PLANNED]),
             )
             .values(state=State.QUEUED, task_id=bindparam("t"), revision=bindparam("r"), updated_at=now)
         )
@@ -475,7 +486,7 @@ class Ledger:
                 ledger.c.model == model,
                 ledger.c.window_start >= start,
                 ledger.c.window_start < end,
-                ledger.c.state.in_([state.value for state in states]),
+                _state_in(states),
             )
             .values(
                 state=State.PLANNED,

@@ -91,9 +91,9 @@ ledger = Table(
     # (one per resolution step): fewer stored than expected is a partial window
     Column("stored_rows", Integer),
     Column("expected_rows", Integer),
-    # windows by state, oldest first: the planned ones, and the compaction's old finished
-    # ones as a range of old rows (migration 0016)
-    Index("ix_ledger_state_window_start", "state", "window_start"),
+    # windows by state and end: the planned ones ending after a moment, the compaction's
+    # old finished ones, the done ones of the lags, each a range (migration 0016)
+    Index("ix_ledger_state_window_end", "state", "window_end"),
     # recent windows across models: status, lags, the status page, the scheduler's watermarks
     Index("ix_ledger_window_start", "window_start"),
     # the windows that hold an error (failed or dead), newest last: each model's last error

@@ -325,7 +325,7 @@ def test_the_scheduler_compacts_and_expires_dead_letters_as_it_ticks(database_ur
 
 def test_the_compaction_scan_reads_only_rows_old_enough_to_move(database_url):
     """Each tick looks for windows to compact; the scan must be a range of old rows on
-    (state, window_start), not the whole hot ledger read and sorted (PostgreSQL is told to
+    (state, window_end), not the whole hot ledger read and sorted (PostgreSQL is told to
     avoid sequential scans, so a plan without the index shows one)."""
     with build(config(database_url), clock=Clock(NOW)) as parts:
         day = list(GRID.windows(FIRST, FIRST + timedelta(days=1)))
@@ -338,8 +338,8 @@ def test_the_compaction_scan_reads_only_rows_old_enough_to_move(database_url):
                 plan = " / ".join(row[0] for row in connection.exec_driver_sql(f"EXPLAIN {sql}"))
             else:
                 plan = " / ".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
-    assert "ix_ledger_state_window_start" in plan and "Seq Scan" not in plan, plan
-    assert "window_start <" in plan or "window_start<" in plan, plan  # a range, not the whole index
+    assert "ix_ledger_state_window_end" in plan and "Seq Scan" not in plan, plan
+    assert "window_end <" in plan or "window_end<" in plan, plan  # a range, not the whole index
 
 
 def test_compaction_waits_until_the_oldest_finished_window_is_a_quarter_day_past_due(database_url):

@@ -227,3 +227,45 @@ def test_a_first_start_plans_whole_models_in_batches_and_holds_only_a_batch(sqli
         assert peak < 250 * planned, f"{peak / 2**20:.0f} MiB traced for {planned} windows"
     finally:
         parts.close()
+
+
+def test_a_models_windows_in_a_range_are_updated_through_the_primary_key(database_url):
+    """mark_queued and backfill's replan update one model's windows in a range. Through an
+    index led by the state they would read every model's windows there: on a ledger
+    without statistics both databases chose (state, window_start) that way, and a first
+    start's publishing at 9,000 models took 56 s instead of 0.8 s. SQLite never has
+    statistics; PostgreSQL gets them as autovacuum would, and is told to avoid sequential
+    scans, so a plan without an index shows one."""
+    engine = engine_for(database_url)
+    try:
+        ledger_ = Ledger(engine, lambda: NOW)
+        windows = list(GRID.windows(T0, T0 + 4 * HALF_HOUR))
+        ledger_.plan([PlannedWindow("p", f"m{n}", "1", w) for n in range(200) for w in windows])
+        updates = []
+
+        def capture(connection, cursor, statement, parameters, context, executemany):
+            if statement.startswith("UPDATE ledger"):
+                updates.append((statement, parameters[0] if executemany else parameters))
+
+        event.listen(engine, "before_cursor_execute", capture)
+        task = Task(project="p", model="m1", revision="1", start=windows[0].start, end=windows[-1].end)
+        assert ledger_.mark_queued([task])
+        ledger_.replan("p", "m2", windows[0].start, windows[-1].end, [State.FAILED, State.DEAD], "2")
+        event.remove(engine, "before_cursor_execute", capture)
+        plans = []
+        with engine.connect() as connection:
+            if engine.dialect.name == "postgresql":
+                connection.exec_driver_sql("ANALYZE ledger")
+                connection.exec_driver_sql("SET enable_seqscan = off")
+            explain = "EXPLAIN" if engine.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN"
+            for statement, parameters in updates:
+                rows = connection.exec_driver_sql(f"{explain} {statement}", parameters)
+                plans.append(
+                    " / ".join(str(row[0] if engine.dialect.name == "postgresql" else row[-1]) for row in rows)
+                )
+    finally:
+        engine.dispose()
+    assert len(plans) == 2, updates
+    for plan in plans:
+        assert "ix_ledger_state" not in plan and "Seq Scan" not in plan, plan
+        assert "ledger_pkey" in plan or "sqlite_autoindex_ledger_1" in plan, plan
