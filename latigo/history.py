@@ -374,9 +374,9 @@ def compact(engine: Engine, before: datetime, limit: int = COMPACT_BATCH) -> int
     runs, in one transaction; returns how many moved (fewer than ``limit``: nothing older
     is left).
 
-    A batch is a few statements whatever its runs: a scheduler in step compacts one window
-    of every model each tick, and a statement per model would make the tick of a fleet with
-    history slower than one without."""
+    A batch is a few statements whatever its runs: the leader compacts a quarter day of
+    every model at once (``scheduler.COMPACT_SLACK``), and a statement per model would make
+    the tick of a fleet with history slower than one without."""
     # PostgreSQL: a window being re-planned meanwhile is not moved under it
     query = candidates(before, limit).with_for_update()
     with engine.begin() as connection:
@@ -453,6 +453,8 @@ def _runs_at(moment: ColumnElement, keys: Sequence[tuple[str, str, datetime]]) -
     )
 
 
+# what ``sums`` gives: per (project, model, state, partial), the windows, the first
+# window's start, the last window's start and end
 Sums = dict[tuple[str, str, State, bool], tuple[int, datetime, datetime, datetime]]
 
 

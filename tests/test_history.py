@@ -15,16 +15,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, inspect, select
 
-from latigo import dlq, history, readmodel
+from alembic import command
+from latigo import db, dlq, history, readmodel
 from latigo.backfill import RESET_STATES, Backfill, Mode
 from latigo.components import build
 from latigo.config import Config, ConfigError
 from latigo.demo.fleet import Fleet
 from latigo.ledger import Outcome, PlannedWindow, State
 from latigo.scheduler import COMPACT_SLACK, Scheduler
-from latigo.schema import dead_letters, ledger, ledger_history
+from latigo.schema import dead_letters, ledger, ledger_history, ledger_history_totals
 from latigo.task import Task
 from latigo.window import Grid, Window
 from tests.clock import Clock
@@ -200,6 +201,27 @@ def test_history_totals_summed_by_the_database_are_the_runs_counted_one_by_one(d
             assert summed(parts.engine, start, end) == counted_one_by_one(parts.engine, start, end), (start, end)
         some = history.totals(parts.engine, models=[("p", "b")], start=every[40].start)
         assert list(some) == [("p", "b")] and some[("p", "b")].states[State.DEAD] == 1
+
+
+def test_migration_0017_sums_the_history_there_is_and_downgrades(database_url):
+    """A database compacted before 0017 has runs and no totals: the upgrade sums them as
+    compaction would have, and the whole history reads the same as the runs counted."""
+    settings_ = config(database_url)
+    with build(settings_, clock=Clock(NOW)) as parts:
+        fill(parts)
+        while parts.ledger.compact(NOW - timedelta(days=8), limit=400):
+            pass
+        expected = counted_one_by_one(parts.engine, None, None)
+        alembic = db.alembic_config(parts.engine)
+        command.downgrade(alembic, "0016")
+        assert "ledger_history_totals" not in inspect(parts.engine).get_table_names()
+        command.upgrade(alembic, "head")
+        assert summed(parts.engine) == expected and len(expected) == 3
+        with parts.engine.connect() as connection:
+            kept = connection.execute(select(ledger_history_totals).order_by(*ledger_history_totals.primary_key)).all()
+            runs = history.runs(connection)
+        rows = sorted(history.totals_rows(history.sums(runs)), key=lambda row: tuple(row.values())[:4])
+        assert [tuple(row) for row in kept] == [tuple(row.values()) for row in rows]
 
 
 def test_a_model_whose_every_window_is_compacted_keeps_its_watermark(sqlite_url):
