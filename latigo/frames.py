@@ -58,10 +58,8 @@ def missing_per_window(raw: pd.DataFrame, tags: Sequence[str], windows: Sequence
     is the same whichever task it is in and however far the read reaches around it."""
     times = epoch_ns(raw.index)
     order = np.argsort(times, kind="stable")
-    has = np.zeros((len(raw), len(tags)), dtype=np.int64)
-    for position, tag in enumerate(tags):
-        if tag in raw.columns:
-            has[:, position] = raw[tag].notna().to_numpy()
+    # one pass over the frame: a tag it has no column for is absent everywhere
+    has = raw.reindex(columns=list(tags)).notna().to_numpy(dtype=np.int64)
     counts = np.vstack([np.zeros((1, len(tags)), dtype=np.int64), np.cumsum(has[order], axis=0)])
     sorted_times = times[order]
     edges = [(_ns_of(window.start), _ns_of(window.end)) for window in windows]
