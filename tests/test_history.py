@@ -29,6 +29,7 @@ from latigo.schema import dead_letters, ledger, ledger_history, ledger_history_t
 from latigo.task import Task
 from latigo.window import Grid, Window
 from tests.clock import Clock
+from tests.plans import query_plan
 
 HALF_HOUR = timedelta(minutes=30)
 NOW = datetime(2026, 3, 30, 12, 7, tzinfo=UTC)
@@ -355,11 +356,7 @@ def test_the_compaction_scan_reads_only_rows_old_enough_to_move(database_url):
         query = history.candidates(day[10].start, limit=100)
         sql = str(query.compile(parts.engine, compile_kwargs={"literal_binds": True}))
         with parts.engine.connect() as connection:
-            if parts.engine.dialect.name == "postgresql":
-                connection.exec_driver_sql("SET enable_seqscan = off")
-                plan = " / ".join(row[0] for row in connection.exec_driver_sql(f"EXPLAIN {sql}"))
-            else:
-                plan = " / ".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+            plan = query_plan(connection, sql)
     assert "ix_ledger_state_window_end" in plan and "Seq Scan" not in plan, plan
     assert "window_end <" in plan or "window_end<" in plan, plan  # a range, not the whole index
 

@@ -20,6 +20,7 @@ from latigo.ledger import Ledger, PlannedWindow, State
 from latigo.schema import ledger
 from latigo.task import Task
 from latigo.window import Grid, Window
+from tests.plans import query_plan
 
 HALF_HOUR = timedelta(minutes=30)
 GRID = Grid(HALF_HOUR)
@@ -252,17 +253,10 @@ def test_a_models_windows_in_a_range_are_updated_through_the_primary_key(databas
         assert ledger_.mark_queued([task])
         ledger_.replan("p", "m2", windows[0].start, windows[-1].end, [State.FAILED, State.DEAD], "2")
         event.remove(engine, "before_cursor_execute", capture)
-        plans = []
         with engine.connect() as connection:
             if engine.dialect.name == "postgresql":
                 connection.exec_driver_sql("ANALYZE ledger")
-                connection.exec_driver_sql("SET enable_seqscan = off")
-            explain = "EXPLAIN" if engine.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN"
-            for statement, parameters in updates:
-                rows = connection.exec_driver_sql(f"{explain} {statement}", parameters)
-                plans.append(
-                    " / ".join(str(row[0] if engine.dialect.name == "postgresql" else row[-1]) for row in rows)
-                )
+            plans = [query_plan(connection, statement, parameters) for statement, parameters in updates]
     finally:
         engine.dispose()
     assert len(plans) == 2, updates

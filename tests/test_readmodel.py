@@ -17,6 +17,7 @@ from latigo.schema import ledger
 from latigo.task import Task
 from latigo.window import Grid, Window
 from tests.clock import Clock
+from tests.plans import query_plan
 
 UTC = timezone.utc
 HALF_HOUR = timedelta(minutes=30)
@@ -124,11 +125,7 @@ def test_the_last_errors_are_read_from_their_index_not_the_whole_ledger(database
         parts.ledger.fail(task("a", windows[1]), "second")
         errors = readmodel.last_errors(parts.engine)
         with parts.engine.connect() as connection:
-            if parts.engine.dialect.name == "postgresql":
-                connection.exec_driver_sql("SET enable_seqscan = off")
-                plan = " / ".join(row[0] for row in connection.exec_driver_sql(f"EXPLAIN {query}"))
-            else:
-                plan = " / ".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}"))
+            plan = query_plan(connection, query)
     finally:
         parts.close()
     assert errors == {("p", "a"): "second"}
